@@ -1,0 +1,213 @@
+"""``restore``: run, compare, eval, models and demo.
+
+User errors print one line, ``restore: error: …``, and exit with status 1; a cancelled job (Ctrl-C)
+exits with 130. Anything else is a bug and shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from restore_app import __version__
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    g.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="compute precision (auto: the fastest the model was validated at)")
+    g.add_argument("--tile", type=int, default=512, help="tile size in pixels; 0 = whole image at once")
+    g.add_argument("--overlap", type=int, default=None, help="tile context in pixels (default: the model's)")
+    g.add_argument("--batch", type=int, default=4, help="video frames per forward pass")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="restore", description="Repair photos and videos with neural networks.")
+    parser.add_argument("--version", action="version", version=f"restore {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="restore one image, camera RAW file or video")
+    p.add_argument("input", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--model", help="model id (see `restore models`); RAW files default to the "
+                                   "default demosaicing model")
+    p.add_argument("--pattern", default="RGGB", choices=("RGGB", "BGGR", "GRBG", "GBRG"),
+                   help="Bayer pattern of a single-channel mosaic image")
+    p.add_argument("--sigma", type=float, default=None, help="noise level in 8-bit units (0–255)")
+    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP output quality (1–100)")
+    p.add_argument("--crf", type=int, default=18, help="video output quality, x264 CRF (0–51)")
+    p.add_argument("--bit-depth", type=int, choices=(8, 16), default=None, help="PNG/TIFF bit depth")
+    _engine_args(p)
+
+    p = sub.add_parser("compare", help="PSNR, SSIM and MS-SSIM of B against reference A")
+    p.add_argument("a", type=Path, help="reference image")
+    p.add_argument("b", type=Path, help="image to score")
+    p.add_argument("--y", action="store_true", help="score BT.601 luma (MATLAB rgb2ycbcr)")
+    p.add_argument("--crop", type=int, default=0, help="pixels to ignore at each border")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("eval", help="score a model on clean data by a task's protocol")
+    p.add_argument("--task", required=True, choices=("demosaic", "jpeg", "vsr", "segment"))
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", type=Path, required=True, help="folder of clean images, clips, or images/ + labels/")
+    p.add_argument("--sigma", type=float, default=0.0, help="demosaic: noise σ in 8-bit units")
+    p.add_argument("--quality", type=int, default=10, help="jpeg: quality")
+    p.add_argument("--scale", type=int, default=4, help="vsr: scale factor")
+    p.add_argument("--max-frames", type=int, default=None, help="vsr: frames per clip")
+    p.add_argument("--json", type=Path, default=None, dest="json_file", help="write the report here")
+    _engine_args(p)
+
+    p = sub.add_parser("models", help="list the models")
+    p.add_argument("--task", default=None)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("demo", help="run the default models on a bundled sample")
+    p.add_argument("--out", type=Path, default=Path("demo_out"))
+    _engine_args(p)
+    return parser
+
+
+def _engine(args):
+    from restore_app.core.engine import Engine, EngineConfig
+
+    return Engine(EngineConfig(device=args.device, precision=args.precision, tile=args.tile,
+                               overlap=args.overlap, batch=args.batch))
+
+
+def cmd_run(args) -> int:
+    from restore_app.cli.progress import ProgressBar
+    from restore_app.core.io import MediaKind, media_kind
+    from restore_app.core.pipeline import Restorer, RunOptions, process_file
+    from restore_app.core.registry import default_registry
+
+    registry = default_registry()
+    kind = media_kind(args.input)
+    if args.model is None:
+        if kind is not MediaKind.RAW:
+            raise _usage("--model is required (see `restore models`)")
+        args.model = registry.default("demosaic").id
+    options = RunOptions(pattern=args.pattern, sigma=None if args.sigma is None else args.sigma / 255.0,
+                         quality=args.quality, crf=args.crf, bit_depth=args.bit_depth)
+    restorer = Restorer(registry.load(args.model), _engine(args))
+    unit = "frame" if kind is MediaKind.VIDEO else "tile"
+    with ProgressBar(f"{args.model}", unit=unit) as bar:
+        out = process_file(args.input, args.output, restorer, options, progress=bar)
+    print(f"wrote {out} ({args.model} on {restorer.engine.device}, {restorer.precision}, "
+          f"{restorer.seconds:.2f} s in the model)")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    import numpy as np
+
+    from restore_app.core.errors import InputError
+    from restore_app.core.io import read_image, to_float
+    from restore_app.core.metrics import compare
+
+    a, b = read_image(args.a), read_image(args.b)
+    if a.shape != b.shape:
+        raise InputError(f"{args.b}: size {b.shape} differs from the reference {args.a}: {a.shape}")
+    a, b = to_float(a), to_float(b)
+    if a.ndim == 3 and a.shape[2] == 4:
+        a, b = a[..., :3], b[..., :3]
+    if args.y and a.ndim == 2:
+        args.y = False  # a grey image is its own luma
+    s = compare(np.asarray(a, np.float64), np.asarray(b, np.float64), crop=args.crop, y=args.y)
+    if args.json:
+        print(json.dumps({**s.as_dict(), "y": s.y, "crop": s.crop}, indent=2, allow_nan=True)
+              .replace("Infinity", "null"))
+    else:
+        ms = "n/a (image under 161 px)" if s.ms_ssim is None else f"{s.ms_ssim:.4f}"
+        print(f"PSNR {s.psnr:.2f} dB  SSIM {s.ssim:.4f}  MS-SSIM {ms}  ({s.convention})")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from restore_app.cli.progress import ProgressBar
+    from restore_app.core.evaluate import (DemosaicProtocol, JpegProtocol, SegmentProtocol,
+                                           VSRProtocol, evaluate)
+    from restore_app.core.io.atomic import atomic_output
+    from restore_app.core.pipeline import Restorer
+    from restore_app.core.registry import default_registry
+
+    protocol = {"demosaic": lambda: DemosaicProtocol(sigma=args.sigma),
+                "jpeg": lambda: JpegProtocol(quality=args.quality),
+                "vsr": lambda: VSRProtocol(scale=args.scale, max_frames=args.max_frames),
+                "segment": SegmentProtocol}[args.task]()
+    restorer = Restorer(default_registry().load(args.model), _engine(args))
+    with ProgressBar(f"eval {args.model}", unit="item") as bar:
+        report = evaluate(restorer, args.task, args.data, protocol, progress=bar)
+    keys = list(report.mean)
+    print(f"{args.task} / {args.model} / {json.dumps(report.protocol)}")
+    print(f"{'item':24s}" + "".join(f"{k:>10s}" for k in keys))
+    for item in report.items:
+        print(f"{str(item['name'])[:24]:24s}" + "".join(
+            f"{item[k]:10.4f}" if item.get(k) is not None else f"{'–':>10s}" for k in keys))
+    print(f"{'mean':24s}" + "".join(f"{report.mean[k]:10.4f}" for k in keys))
+    print(f"seconds per megapixel: {report.seconds_per_mp:.4f}")
+    if args.json_file is not None:
+        with atomic_output(args.json_file) as tmp:
+            tmp.write_text(report.to_json())
+        print(f"wrote {args.json_file}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from restore_app.core.registry import default_registry
+
+    registry = default_registry()
+    manifests = registry.manifests(args.task)
+    if args.json:
+        print(json.dumps({"models": [m.to_dict() for m in manifests],
+                          "issues": [{"source": i.source, "message": i.message} for i in registry.issues]},
+                         indent=2))
+        return 0
+    print(f"{'id':24s} {'task':9s} {'input':6s} {'scale':>5s}  {'source':10s} name")
+    for m in manifests:
+        star = "*" if m.default else " "
+        print(f"{m.id:24s} {m.task:9s} {m.input:6s} {m.scale:>5d}{star} {m.source:10s} {m.name}")
+    print("(* = the task's default model)")
+    for issue in registry.issues:
+        print(f"error in {issue.source}: {issue.message}", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from restore_app.core.demo import run_demo
+
+    results = run_demo(args.out, engine=_engine(args))
+    print(f"wrote {sum(len(r.files) for r in results)} files and summary.json to {args.out}")
+    return 0
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _usage(message: str) -> _UsageError:
+    return _UsageError(message)
+
+
+COMMANDS = {"run": cmd_run, "compare": cmd_compare, "eval": cmd_eval, "models": cmd_models,
+            "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from restore_app.core.errors import Cancelled, RestoreError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except _UsageError as exc:
+        parser.error(str(exc))
+    except (Cancelled, KeyboardInterrupt):
+        print("restore: cancelled", file=sys.stderr)
+        return 130
+    except RestoreError as exc:
+        print(f"restore: error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,16 @@
+"""Built-in network architectures, one module each, registered explicitly by name.
+
+Each entry maps the ``architecture`` field of a model manifest to ``"module:Class"``; the module is
+imported only when a model using it is built. Plugins name their own classes as ``"pkg.mod:Class"``
+in their manifests instead.
+"""
+
+from __future__ import annotations
+
+ARCHITECTURES: dict[str, str] = {
+    "identity": "restore_app.core.archs.identity:Identity",
+    "bilinear_demosaic": "restore_app.core.archs.bilinear_demosaic:BilinearDemosaic",
+    "opencv_demosaic": "restore_app.core.archs.opencv_demosaic:OpenCVDemosaic",
+    "bicubic": "restore_app.core.archs.bicubic:Bicubic",
+    "he_watershed": "restore_app.core.archs.he_watershed:HEWatershed",
+}

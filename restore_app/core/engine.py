@@ -1,0 +1,271 @@
+"""The inference engine: device and precision choice, tiled inference with blending, frame batches.
+
+A model here is any callable mapping a ``(B, C, H, W)`` tensor to ``(B, C', s·H, s·W)``. Big images
+are cut into tiles; each tile is run with ``overlap`` pixels of real context around it, and
+neighbouring tiles are cross-faded over a band of half the overlap centred on the seam. Every kept
+pixel so has at least 3/4 of the overlap as context: a model whose receptive-field radius fits in
+that gives the same result tiled as untiled, and any other model shows no seams.
+Progress is reported and cancellation checked once per tile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from restore_app.core.checks import check_choice, check_range, check_tensor
+from restore_app.core.errors import InputError
+from restore_app.core.jobs import CancelToken, ProgressCallback, check_cancel
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+TensorFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU; a named device must be available.
+
+    >>> select_device("cpu")
+    device(type='cpu')
+    """
+    name = name.lower()
+    base = name.split(":")[0]
+    check_choice(base, DEVICES, "device")
+    if base == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if base == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' was requested but no CUDA GPU is available")
+    if base == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError("device 'mps' was requested but Apple MPS is not available")
+    return torch.device(name)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU has native bf16 arithmetic (AVX-512 BF16 / AMX), where bf16 convs are fast."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(requested: str, device: torch.device,
+                      supported: Sequence[str] = ("fp32",)) -> str:
+    """The precision to run at: an explicit request is checked, ``auto`` picks the fastest safe one.
+
+    ``supported`` is what the model was validated at (its manifest). fp16 is never used on the CPU.
+    """
+    check_choice(requested, PRECISIONS, "precision")
+    if requested == "auto":
+        if device.type in ("cuda", "mps") and "fp16" in supported:
+            if device.type == "cuda" and "bf16" in supported and torch.cuda.is_bf16_supported():
+                return "bf16"
+            return "fp16"
+        if device.type == "cpu" and "bf16" in supported and cpu_has_fast_bf16():
+            return "bf16"
+        return "fp32"
+    if requested == "fp16" and device.type == "cpu":
+        raise InputError("fp16 is not supported on the CPU; use bf16 or fp32")
+    if requested not in supported:
+        raise InputError(f"this model supports {', '.join(supported)}; got precision {requested!r}")
+    return requested
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast context for ``precision`` on ``device`` (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
+
+
+def configure_cpu_threads() -> int:
+    """Use one intra-op thread per available core unless the user set OMP_NUM_THREADS."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:
+            cores = os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores))
+    return torch.get_num_threads()
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiling
+
+
+def _splits(length: int, tile: int, align: int) -> list[tuple[int, int]]:
+    """Cut ``[0, length)`` into near-equal pieces of at most ``tile`` with boundaries on ``align``."""
+    n = max(1, math.ceil(length / tile))
+    bounds = [0]
+    for i in range(1, n):
+        b = round(i * length / n / align) * align
+        if bounds[-1] < b < length:
+            bounds.append(b)
+    bounds.append(length)
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _ramp(n: int, band: int, fade_in: bool, fade_out: bool, dtype, device) -> torch.Tensor:
+    """1-D blend weights: linear cross-fades of width ``band`` centred on interior seams."""
+    w = torch.ones(n, dtype=dtype, device=device)
+    if band > 0:
+        r = (torch.arange(band, dtype=dtype, device=device) + 0.5) / band
+        if fade_in:
+            w[:band] = r
+        if fade_out:
+            w[n - band:] = r.flip(0)
+    return w
+
+
+def tiled_apply(fn: TensorFn, x: torch.Tensor, *, tile: int = 512, overlap: int = 16, scale: int = 1,
+                align: int = 1, progress: ProgressCallback | None = None,
+                cancel: CancelToken | None = None) -> torch.Tensor:
+    """Apply ``fn`` to ``x`` ``(B, C, H, W)`` tile by tile; returns ``(B, C', scale·H, scale·W)``.
+
+    Each tile's core (at most ``tile`` pixels a side, boundaries on multiples of ``align``) is run
+    with ``overlap`` pixels of context on each side where the image has them; the output keeps the
+    core plus a quarter of the overlap on each interior side and cross-fades it with the
+    neighbour's. With
+    ``tile`` 0, or an image that fits in one tile, ``fn`` runs once on the whole image.
+
+    >>> y = tiled_apply(lambda t: t * 2, torch.ones(1, 3, 100, 100), tile=32, overlap=8)
+    >>> bool((y == 2).all())
+    True
+    """
+    check_tensor(x, "x", ndim=4)
+    check_range(tile, 0, None, "tile")
+    check_range(overlap, 0, None, "overlap")
+    check_range(scale, 1, None, "scale")
+    check_range(align, 1, None, "align")
+    b, _, h, w = x.shape
+    if tile == 0 or (h <= tile and w <= tile):
+        check_cancel(cancel)
+        out = fn(x)
+        if progress is not None:
+            progress(1, 1)
+        return out
+    tile = max(align, tile - tile % align)
+    ctx = math.ceil(overlap / align) * align
+    band = ctx // 4  # kept pixels have at least 3/4 of the overlap as context
+    rows, cols = _splits(h, tile, align), _splits(w, tile, align)
+    total = len(rows) * len(cols)
+    out = weight = None
+    done = 0
+    for y0, y1 in rows:
+        for x0, x1 in cols:
+            check_cancel(cancel)
+            iy0, iy1 = max(0, y0 - ctx), min(h, y1 + ctx)
+            ix0, ix1 = max(0, x0 - ctx), min(w, x1 + ctx)
+            res = fn(x[:, :, iy0:iy1, ix0:ix1])
+            if out is None:
+                out = torch.zeros(b, res.shape[1], h * scale, w * scale, dtype=torch.float32,
+                                  device=res.device)
+                weight = torch.zeros(1, 1, h * scale, w * scale, dtype=torch.float32, device=res.device)
+            # kept region in input coordinates: core plus half the context on interior sides
+            ky0, ky1 = max(0, y0 - band), min(h, y1 + band)
+            kx0, kx1 = max(0, x0 - band), min(w, x1 + band)
+            s = scale
+            piece = res[:, :, (ky0 - iy0) * s:(ky1 - iy0) * s, (kx0 - ix0) * s:(kx1 - ix0) * s]
+            wy = _ramp((ky1 - ky0) * s, 2 * band * s, y0 > 0, y1 < h, torch.float32, res.device)
+            wx = _ramp((kx1 - kx0) * s, 2 * band * s, x0 > 0, x1 < w, torch.float32, res.device)
+            wt = (wy[:, None] * wx[None, :])[None, None]
+            out[:, :, ky0 * s:ky1 * s, kx0 * s:kx1 * s] += piece.float() * wt
+            weight[:, :, ky0 * s:ky1 * s, kx0 * s:kx1 * s] += wt
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    return out / weight
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """User settings of the engine: ``device``, ``precision``, ``tile`` (0 = whole image) and
+    ``overlap`` (``None`` = the model's own), and ``batch`` frames per forward pass for video."""
+
+    device: str = "auto"
+    precision: str = "auto"
+    tile: int = 512
+    overlap: int | None = None
+    batch: int = 4
+
+    def __post_init__(self) -> None:
+        check_choice(self.device.split(":")[0].lower(), DEVICES, "device")
+        check_choice(self.precision, PRECISIONS, "precision")
+        check_range(self.tile, 0, None, "tile")
+        if self.tile and self.tile < 32:
+            raise InputError(f"tile must be 0 (no tiling) or at least 32 pixels; got {self.tile}")
+        if self.overlap is not None:
+            check_range(self.overlap, 0, None, "overlap")
+        check_range(self.batch, 1, 256, "batch")
+
+
+class Engine:
+    """Runs models on a device at a precision, tiling images and batching frames.
+
+    >>> engine = Engine(EngineConfig(device="cpu"))
+    >>> engine.run(torch.nn.Identity(), torch.zeros(1, 3, 8, 8)).shape
+    torch.Size([1, 3, 8, 8])
+    """
+
+    def __init__(self, config: EngineConfig | None = None) -> None:
+        self.config = config or EngineConfig()
+        self.device = select_device(self.config.device)
+
+    def __repr__(self) -> str:
+        return f"Engine(device={self.device}, tile={self.config.tile})"
+
+    def precision_for(self, supported: Sequence[str]) -> str:
+        return resolve_precision(self.config.precision, self.device, supported)
+
+    def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
+        """Move a module to the device in eval mode (channels-last on the CPU, where it is faster)."""
+        module = module.to(self.device).eval()
+        if self.device.type == "cpu":
+            module = module.to(memory_format=torch.channels_last)
+        return module
+
+    def run(self, fn: TensorFn, x: torch.Tensor, *, scale: int = 1, align: int = 1,
+            overlap: int = 16, tileable: bool = True, precision: str = "fp32",
+            progress: ProgressCallback | None = None,
+            cancel: CancelToken | None = None) -> torch.Tensor:
+        """Run ``fn`` on ``x`` (any device), tiled if ``tileable``; returns float32 on the CPU."""
+        tile = self.config.tile if tileable else 0
+        ctx = self.config.overlap if self.config.overlap is not None else overlap
+
+        def step(t: torch.Tensor) -> torch.Tensor:
+            t = t.to(self.device, non_blocking=True)
+            if self.device.type == "cpu" and t.ndim == 4:
+                t = t.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode(), autocast(self.device, precision):
+                return fn(t).float()
+
+        out = tiled_apply(step, x, tile=tile, overlap=ctx, scale=scale, align=align,
+                          progress=progress, cancel=cancel)
+        return out.cpu().contiguous()
+
+    def run_frames(self, fn: Callable[[torch.Tensor], torch.Tensor], frames: Iterable[torch.Tensor],
+                   cancel: CancelToken | None = None) -> Iterator[torch.Tensor]:
+        """Apply a per-frame ``fn`` to ``(C, H, W)`` frames in batches of ``config.batch``.
+
+        Yields one output per input frame, in order; cancellation is checked between batches.
+        """
+        batch: list[torch.Tensor] = []
+        for frame in frames:
+            batch.append(frame)
+            if len(batch) == self.config.batch:
+                check_cancel(cancel)
+                yield from fn(torch.stack(batch)).unbind(0)
+                batch = []
+        if batch:
+            check_cancel(cancel)
+            yield from fn(torch.stack(batch)).unbind(0)

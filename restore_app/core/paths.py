@@ -1,0 +1,37 @@
+"""Where things live: built-in models, the user's models and settings, the shared datasets."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = _PACKAGE_ROOT.parent
+
+
+def builtin_models_dir() -> Path:
+    """The model zoo shipped with Restore (``models/`` beside the package)."""
+    return PROJECT_ROOT / "models"
+
+
+def resources_dir() -> Path:
+    """Bundled resources: sample images (with their licences), icons."""
+    return PROJECT_ROOT / "resources"
+
+
+def user_data_dir() -> Path:
+    """Per-user data folder (fine-tuned models go in its ``models/``)."""
+    if sys.platform == "win32":
+        base = Path(os.environ.get("APPDATA", Path.home() / "AppData" / "Roaming"))
+        return base / "Restore"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "Restore"
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "restore"
+
+
+def datasets_dir() -> Path | None:
+    """The shared datasets: ``RESTORE_DATA``, else ``../shared/datasets`` beside the project."""
+    env = os.environ.get("RESTORE_DATA")
+    candidate = Path(env) if env else PROJECT_ROOT.parent / "shared" / "datasets"
+    return candidate if candidate.is_dir() else None

@@ -1,0 +1,307 @@
+"""From files and arrays to restored results: a model bound to the engine, per input kind.
+
+:class:`Restorer` takes float images in ``[0, 1]`` and handles what a model does not: Bayer
+patterns other than RGGB, grey images on colour models and colour images on luma models (run on Y,
+chroma upscaled bicubically), alpha channels, clipping. :func:`process_file` goes from an input file
+(image, camera RAW or video) to an output file, used alike by the CLI, the batch runner and the GUI.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from restore_app.core.cfa import PATTERNS, channel_map, from_rggb, to_rggb
+from restore_app.core.checks import check_choice, check_image_array, check_range
+from restore_app.core.color import rgb_to_ycbcr, srgb_gamma, ycbcr_to_rgb
+from restore_app.core.engine import Engine
+from restore_app.core.errors import InputError, OutputError
+from restore_app.core.io import (MediaKind, RawImage, VideoReader, VideoWriter,
+                                 check_not_overwriting, media_kind, probe_video, read_image,
+                                 read_raw, to_float, write_image)
+from restore_app.core.io.atomic import check_output_dir
+from restore_app.core.io.formats import IMAGE_EXTENSIONS, VIDEO_OUTPUT_EXTENSIONS
+from restore_app.core.jobs import CancelToken, ProgressCallback, check_cancel
+from restore_app.core.registry import LoadedModel, Registry, default_registry
+from restore_app.core.resize import imresize
+
+
+class Restorer:
+    """A loaded model bound to an :class:`Engine`: numpy images in, numpy images out.
+
+    >>> restorer = Restorer.from_id("bilinear-demosaic")            # doctest: +SKIP
+    >>> rgb = restorer.restore_image(mosaic, pattern="GRBG")         # doctest: +SKIP
+    """
+
+    def __init__(self, model: LoadedModel, engine: Engine | None = None) -> None:
+        self.model = model
+        self.manifest = model.manifest
+        self.engine = engine or Engine()
+        self.precision = self.engine.precision_for(self.manifest.precisions)
+        self.module = self.engine.prepare(model.module)
+        self.seconds = 0.0  # time spent in the model, for throughput figures
+
+    @classmethod
+    def from_id(cls, model_id: str, engine: Engine | None = None,
+                registry: Registry | None = None) -> Restorer:
+        return cls((registry or default_registry()).load(model_id), engine)
+
+    def __repr__(self) -> str:
+        return f"Restorer({self.manifest.id!r}, {self.engine.device}, {self.precision})"
+
+    # -- tensors -------------------------------------------------------------------------------
+    def _forward(self, x: torch.Tensor, progress: ProgressCallback | None,
+                 cancel: CancelToken | None, **conditioning: torch.Tensor) -> torch.Tensor:
+        m = self.manifest
+        module = self.module
+
+        def fn(t: torch.Tensor) -> torch.Tensor:
+            cond = {k: v.to(t.device) for k, v in conditioning.items()}
+            return module(t, **cond)
+
+        start = time.perf_counter()
+        try:
+            return self.engine.run(fn, x, scale=m.scale, align=m.align, overlap=m.overlap,
+                                   tileable=m.tileable, precision=self.precision,
+                                   progress=progress, cancel=cancel)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def _conditioning(self, batch: int, sigma: float | None) -> dict[str, torch.Tensor]:
+        cond: dict[str, torch.Tensor] = {}
+        if "sigma" in self.manifest.conditioning:
+            if sigma is None:
+                raise InputError(f"model {self.manifest.id!r} needs the noise level: give sigma")
+            cond["sigma"] = torch.full((batch,), float(sigma), dtype=torch.float32)
+        return cond
+
+    # -- images ----------------------------------------------------------------------------------
+    def restore_image(self, image: np.ndarray, *, pattern: str = "RGGB", sigma: float | None = None,
+                      progress: ProgressCallback | None = None,
+                      cancel: CancelToken | None = None) -> np.ndarray:
+        """Restore one float image in ``[0, 1]``.
+
+        For ``cfa`` models ``image`` is an ``(H, W)`` mosaic of the given Bayer ``pattern`` and the
+        result ``(H, W, 3)`` RGB. For ``rgb`` models it is ``(H, W)``, ``(H, W, 3)`` or
+        ``(H, W, 4)`` and the result has the same channels, ``scale`` times larger. ``labels``
+        models return an ``(H, W)`` integer label map. Image results are clipped to ``[0, 1]``.
+        """
+        image = check_image_array(image)
+        kind = self.manifest.input
+        if kind == "cfa":
+            return self.demosaic(image, pattern=pattern, sigma=sigma, progress=progress, cancel=cancel)
+        if kind == "rgb":
+            return self._restore_rgb(image[None], sigma, progress, cancel)[0]
+        raise InputError(f"model {self.manifest.id!r} restores frame sequences; use restore_video")
+
+    def demosaic(self, mosaic: np.ndarray, *, pattern: str = "RGGB", sigma: float | None = None,
+                 progress: ProgressCallback | None = None,
+                 cancel: CancelToken | None = None) -> np.ndarray:
+        """``(H, W)`` Bayer mosaic of ``pattern`` (float, black 0, white 1) → ``(H, W, 3)`` RGB."""
+        if self.manifest.input != "cfa":
+            raise InputError(f"model {self.manifest.id!r} does not demosaic (it takes {self.manifest.input})")
+        if mosaic.ndim != 2:
+            raise InputError(f"a CFA mosaic must be a single-channel (H, W) image; got shape {mosaic.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(mosaic, dtype=np.float32))[None, None]
+        x, crop = to_rggb(x, pattern)
+        out = self._forward(x, progress, cancel, **self._conditioning(1, sigma))
+        out = from_rggb(out, crop)
+        return out[0].permute(1, 2, 0).clamp_(0, 1).numpy()
+
+    def _restore_rgb(self, batch: np.ndarray, sigma: float | None, progress: ProgressCallback | None,
+                     cancel: CancelToken | None) -> np.ndarray:
+        """``(B, H, W[, C])`` float batch → restored batch with the same channel layout."""
+        m = self.manifest
+        grey = batch.ndim == 3
+        x = batch[..., None] if grey else batch
+        alpha = x[..., 3:] if x.shape[-1] == 4 else None
+        x = x[..., :3] if alpha is not None else x
+        c = x.shape[-1]
+        chroma = None
+        if c in m.channels:
+            planes = x
+        elif c == 3 and 1 in m.channels:  # luma model on a colour image
+            ycc = np.stack([rgb_to_ycbcr(im) for im in x])
+            planes, chroma = ycc[..., :1], ycc[..., 1:]
+        elif c == 1 and 3 in m.channels:  # colour model on a grey image
+            planes = np.repeat(x, 3, axis=-1)
+        else:
+            raise InputError(f"model {m.id!r} takes {m.channels} channels; got {c}")
+        t = torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float32)).permute(0, 3, 1, 2)
+        out = self._forward(t, progress, cancel, **self._conditioning(t.shape[0], sigma))
+        if m.output == "labels":
+            return out[:, 0].round().to(torch.int64).numpy()
+        res = out.permute(0, 2, 3, 1).numpy()
+        if chroma is not None:
+            if m.scale > 1:
+                chroma = np.stack([imresize(ch, float(m.scale)) for ch in chroma])
+            res = np.stack([ycbcr_to_rgb(np.concatenate([r, ch], axis=-1)) for r, ch in zip(res, chroma)])
+        elif c == 1 and res.shape[-1] == 3:
+            res = res.mean(axis=-1, keepdims=True)
+        res = np.clip(res, 0.0, 1.0)
+        if alpha is not None:
+            a = alpha if m.scale == 1 else np.stack([imresize(al, float(m.scale)) for al in alpha])
+            res = np.concatenate([res, np.clip(a, 0.0, 1.0)], axis=-1)
+        return res[..., 0] if grey else res
+
+    # -- frames ----------------------------------------------------------------------------------
+    def restore_frames(self, frames: Iterable[np.ndarray], *, sigma: float | None = None,
+                       cancel: CancelToken | None = None) -> Iterator[np.ndarray]:
+        """Restore ``uint8`` RGB frames with a per-frame model, ``config.batch`` at a time.
+
+        Yields ``uint8`` frames in order; only one batch is held in memory.
+        """
+        if self.manifest.input != "rgb" or self.manifest.output != "image":
+            raise InputError(f"model {self.manifest.id!r} cannot restore video frames "
+                             f"(it takes {self.manifest.input} and gives {self.manifest.output})")
+        size = self.engine.config.batch
+        batch: list[np.ndarray] = []
+
+        def flush() -> Iterator[np.ndarray]:
+            check_cancel(cancel)
+            out = self._restore_rgb(np.stack([to_float(f) for f in batch]), sigma, None, cancel)
+            yield from (np.rint(o * 255).astype(np.uint8) for o in out)
+
+        for frame in frames:
+            batch.append(frame)
+            if len(batch) == size:
+                yield from flush()
+                batch = []
+        if batch:
+            yield from flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# RAW development
+
+
+def develop_raw(raw: RawImage, restorer: Restorer, *, sigma: float | None = None,
+                progress: ProgressCallback | None = None,
+                cancel: CancelToken | None = None) -> np.ndarray:
+    """Develop a camera RAW mosaic to sRGB: levels, white balance, demosaic, colour matrix, gamma.
+
+    Returns ``(H, W, 3)`` float32 sRGB-encoded values in ``[0, 1]``.
+    """
+    mosaic = raw.normalized()
+    h, w = mosaic.shape
+    gains = np.array(raw.wb_multipliers, dtype=np.float32)
+    gain_map = np.tile(gains[channel_map(raw.pattern)], ((h + 1) // 2, (w + 1) // 2))[:h, :w]
+    balanced = np.clip(mosaic * gain_map, 0.0, 1.0)
+    linear = restorer.demosaic(balanced, pattern=raw.pattern, sigma=sigma, progress=progress,
+                               cancel=cancel)
+    srgb_linear = linear @ raw.cam_to_srgb.T.astype(np.float32)
+    return srgb_gamma(srgb_linear)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How ``restore run`` treats one file.
+
+    ``pattern``: Bayer pattern of a single-channel image given to a demosaicing model.
+    ``sigma``: noise level (in [0, 1] units) for models conditioned on it.
+    ``quality``: JPEG/WebP quality of image outputs. ``crf``: x264 quality of video outputs.
+    ``bit_depth``: 8 or 16 for PNG/TIFF (default: 16 for TIFF and for 16-bit input, else 8).
+    """
+
+    pattern: str = "RGGB"
+    sigma: float | None = None
+    quality: int = 95
+    crf: int = 18
+    bit_depth: int | None = None
+
+    def __post_init__(self) -> None:
+        check_choice(self.pattern, PATTERNS, "pattern")
+        if self.sigma is not None:
+            check_range(self.sigma, 0.0, 1.0, "sigma")
+        check_range(self.quality, 1, 100, "quality")
+        check_range(self.crf, 0, 51, "crf")
+        if self.bit_depth is not None:
+            check_choice(self.bit_depth, (8, 16), "bit_depth")
+
+
+def _check_output_kind(output: Path, video: bool) -> None:
+    ext = output.suffix.lower()
+    allowed = VIDEO_OUTPUT_EXTENSIONS if video else IMAGE_EXTENSIONS
+    if ext not in allowed:
+        what = "a video" if video else "an image"
+        raise OutputError(f"{output}: cannot write {what} as {ext or '(no extension)'!r}; "
+                          f"use one of {' '.join(sorted(allowed))}")
+
+
+def write_labels(path: Path, labels: np.ndarray) -> Path:
+    """Write an instance label map as 16-bit PNG or TIFF (0 = background)."""
+    if labels.max(initial=0) > 65535:
+        raise OutputError(f"{path}: {labels.max()} instances do not fit in a 16-bit label map")
+    if path.suffix.lower() not in (".png", ".tif", ".tiff"):
+        raise OutputError(f"{path}: label maps are written as 16-bit .png or .tif")
+    return write_image(path, labels.astype(np.uint16), bit_depth=16)
+
+
+def process_file(input_path: str | Path, output_path: str | Path, restorer: Restorer,
+                 options: RunOptions | None = None, *, progress: ProgressCallback | None = None,
+                 cancel: CancelToken | None = None) -> Path:
+    """Restore one image, camera RAW file or video into ``output_path`` (written atomically).
+
+    Checks everything it can before any work: the input's type, the output's type and folder, and
+    that the output is not the input.
+    """
+    options = options or RunOptions()
+    src, dst = Path(input_path), Path(output_path)
+    kind = media_kind(src)
+    m = restorer.manifest
+    check_not_overwriting(dst, [src])
+    check_output_dir(dst)
+    _check_output_kind(dst, video=kind is MediaKind.VIDEO)
+    if m.output == "labels" and dst.suffix.lower() not in (".png", ".tif", ".tiff"):
+        raise OutputError(f"{dst}: model {m.id!r} gives a label map; write it as .png or .tif")
+
+    if kind is MediaKind.VIDEO:
+        return process_video(src, dst, restorer, options, progress=progress, cancel=cancel)
+
+    if kind is MediaKind.RAW:
+        if m.input != "cfa":
+            raise InputError(f"{src}: camera RAW files need a demosaicing model; {m.id!r} takes "
+                             f"{m.input} images")
+        result = develop_raw(read_raw(src), restorer, sigma=options.sigma, progress=progress,
+                             cancel=cancel)
+        depth = options.bit_depth or 16
+    else:
+        image = read_image(src)
+        if m.input == "cfa" and image.ndim != 2:
+            raise InputError(f"{src}: model {m.id!r} demosaics single-channel Bayer mosaics; this "
+                             f"image has {image.shape[2]} channels")
+        result = restorer.restore_image(to_float(image), pattern=options.pattern, sigma=options.sigma,
+                                        progress=progress, cancel=cancel)
+        depth = options.bit_depth or (16 if image.dtype == np.uint16 or dst.suffix.lower()
+                                      in (".tif", ".tiff") else 8)
+    check_cancel(cancel)
+    if m.output == "labels":
+        return write_labels(dst, result)
+    return write_image(dst, result, quality=options.quality, bit_depth=depth)
+
+
+def process_video(src: Path, dst: Path, restorer: Restorer, options: RunOptions, *,
+                  progress: ProgressCallback | None = None,
+                  cancel: CancelToken | None = None) -> Path:
+    """Restore every frame of a video with a per-frame model; fps and the audio track are kept."""
+    info = probe_video(src)
+    s = restorer.manifest.scale
+    total = info.frame_count
+    with VideoReader(src, info=info) as reader, \
+            VideoWriter(dst, info.width * s, info.height * s, info.fps, quality=options.crf,
+                        audio_from=src if info.has_audio else None,
+                        audio_codec=info.audio_codec) as writer:
+        for i, frame in enumerate(restorer.restore_frames(reader, sigma=options.sigma, cancel=cancel)):
+            writer.write(frame)
+            if progress is not None:
+                progress(i + 1, total)
+    return dst
