@@ -34,9 +34,6 @@ def main(argv: list[str] | None = None) -> int:
             os.execve(sys.executable, [sys.executable, "-m", "restore_app", *args], env)
         except OSError:
             pass  # run without the tunables rather than not at all
-    from restore_app.core.engine import configure_cpu_threads
-
-    configure_cpu_threads()
     from restore_app.cli.main import main as cli_main
 
     return cli_main(args)

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default=None)
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("info", help="show the device, threads, precision support and paths in use")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("demo", help="run the default models on a bundled sample")
     p.add_argument("--out", type=Path, default=Path("demo_out"))
     _engine_args(p)
@@ -71,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _engine(args):
-    from restore_app.core.engine import Engine, EngineConfig
+    from restore_app.core.engine import Engine, EngineConfig, configure_cpu_threads
 
+    configure_cpu_threads()
     return Engine(EngineConfig(device=args.device, precision=args.precision, tile=args.tile,
                                overlap=args.overlap, batch=args.batch))
 
@@ -127,8 +131,7 @@ def cmd_compare(args) -> int:
 
 def cmd_eval(args) -> int:
     from restore_app.cli.progress import ProgressBar
-    from restore_app.core.evaluate import (DemosaicProtocol, JpegProtocol, SegmentProtocol,
-                                           VSRProtocol, evaluate)
+    from restore_app.core.evaluate import DemosaicProtocol, JpegProtocol, SegmentProtocol, VSRProtocol, evaluate
     from restore_app.core.io.atomic import atomic_output
     from restore_app.core.pipeline import Restorer
     from restore_app.core.registry import default_registry
@@ -175,6 +178,41 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_info(args) -> int:
+    import os
+
+    import torch
+
+    from restore_app.core.engine import configure_cpu_threads, cpu_has_fast_bf16, select_device
+    from restore_app.core.io.video import ffmpeg_exe
+    from restore_app.core.paths import datasets_dir
+    from restore_app.core.registry import default_model_paths
+    from restore_app.launcher import GLIBC_TUNABLES
+
+    configure_cpu_threads()
+    info = {
+        "version": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "device": str(select_device("auto")),
+        "cuda": torch.cuda.is_available(),
+        "cpu_bf16": cpu_has_fast_bf16(),
+        "threads": torch.get_num_threads(),
+        "malloc_tunables": GLIBC_TUNABLES in os.environ.get("GLIBC_TUNABLES", ""),
+        "ffmpeg": ffmpeg_exe(),
+        "model_paths": [f"{path} ({label})" for path, label in default_model_paths()],
+        "datasets": str(datasets_dir()) if datasets_dir() else None,
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            if isinstance(value, list):
+                value = "\n".join([""] + [f"    {v}" for v in value])
+            print(f"{key:16s} {value}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from restore_app.core.demo import run_demo
 
@@ -192,7 +230,7 @@ def _usage(message: str) -> _UsageError:
 
 
 COMMANDS = {"run": cmd_run, "compare": cmd_compare, "eval": cmd_eval, "models": cmd_models,
-            "demo": cmd_demo}
+            "info": cmd_info, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -112,7 +112,7 @@ def _splits(length: int, tile: int, align: int) -> list[tuple[int, int]]:
         if bounds[-1] < b < length:
             bounds.append(b)
     bounds.append(length)
-    return list(zip(bounds[:-1], bounds[1:]))
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
 def _ramp(n: int, band: int, fade_in: bool, fade_out: bool, dtype, device) -> torch.Tensor:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -182,6 +183,18 @@ def iter_clips(data: Path) -> list[tuple[str, Callable[[], Iterator[np.ndarray]]
     return clips
 
 
+def _lr_frames(frames: Iterator[np.ndarray], scale: int, max_frames: int | None,
+               pending: deque[np.ndarray]) -> Iterator[np.ndarray]:
+    """Crop each frame to a multiple of ``scale``, queue it in ``pending``, yield its LR version."""
+    for k, frame in enumerate(frames):
+        if max_frames is not None and k >= max_frames:
+            break
+        h, w = frame.shape[0] // scale * scale, frame.shape[1] // scale * scale
+        hr = np.ascontiguousarray(frame[:h, :w, :3])
+        pending.append(hr)
+        yield _u8(downsample(to_float(hr), scale))
+
+
 def _eval_vsr(restorer: Restorer, data: Path, p: VSRProtocol,
               tick: Callable[[int, int], None], cancel: CancelToken | None) -> tuple[list[dict], float]:
     if restorer.manifest.scale != p.scale:
@@ -191,20 +204,10 @@ def _eval_vsr(restorer: Restorer, data: Path, p: VSRProtocol,
     items, mp = [], 0.0
     s = p.scale
     for ci, (name, frames) in enumerate(clips):
-        hr_frames: list[np.ndarray] = []
-
-        def lr_stream() -> Iterator[np.ndarray]:
-            for k, frame in enumerate(frames()):
-                if p.max_frames is not None and k >= p.max_frames:
-                    break
-                h, w = frame.shape[0] // s * s, frame.shape[1] // s * s
-                hr = np.ascontiguousarray(frame[:h, :w, :3])
-                hr_frames.append(hr)
-                yield _u8(downsample(to_float(hr), s))
-
+        pending: deque[np.ndarray] = deque()  # HR frames whose SR result has not come back yet
         per_frame = []
-        for sr in restorer.restore_frames(lr_stream(), cancel=cancel):
-            hr = hr_frames.pop(0)
+        for sr in restorer.restore_frames(_lr_frames(frames(), s, p.max_frames, pending), cancel=cancel):
+            hr = pending.popleft()
             y_hr, y_sr = rgb_to_y(hr.astype(np.float64), 255.0), rgb_to_y(sr.astype(np.float64), 255.0)
             per_frame.append(compare(y_hr, y_sr, data_range=255.0).as_dict())
             mp += hr.shape[0] * hr.shape[1] / 1e6

@@ -21,9 +21,19 @@ from restore_app.core.checks import check_choice, check_image_array, check_range
 from restore_app.core.color import rgb_to_ycbcr, srgb_gamma, ycbcr_to_rgb
 from restore_app.core.engine import Engine
 from restore_app.core.errors import InputError, OutputError
-from restore_app.core.io import (MediaKind, RawImage, VideoReader, VideoWriter,
-                                 check_not_overwriting, media_kind, probe_video, read_image,
-                                 read_raw, to_float, write_image)
+from restore_app.core.io import (
+    MediaKind,
+    RawImage,
+    VideoReader,
+    VideoWriter,
+    check_not_overwriting,
+    media_kind,
+    probe_video,
+    read_image,
+    read_raw,
+    to_float,
+    write_image,
+)
 from restore_app.core.io.atomic import check_output_dir
 from restore_app.core.io.formats import IMAGE_EXTENSIONS, VIDEO_OUTPUT_EXTENSIONS
 from restore_app.core.jobs import CancelToken, ProgressCallback, check_cancel
@@ -140,7 +150,7 @@ class Restorer:
         if chroma is not None:
             if m.scale > 1:
                 chroma = np.stack([imresize(ch, float(m.scale)) for ch in chroma])
-            res = np.stack([ycbcr_to_rgb(np.concatenate([r, ch], axis=-1)) for r, ch in zip(res, chroma)])
+            res = np.stack([ycbcr_to_rgb(np.concatenate([r, ch], axis=-1)) for r, ch in zip(res, chroma, strict=True)])
         elif c == 1 and res.shape[-1] == 3:
             res = res.mean(axis=-1, keepdims=True)
         res = np.clip(res, 0.0, 1.0)

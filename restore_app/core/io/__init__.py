@@ -4,8 +4,7 @@
 """
 
 from restore_app.core.io.atomic import atomic_output, check_not_overwriting
-from restore_app.core.io.formats import (IMAGE_EXTENSIONS, RAW_EXTENSIONS, VIDEO_EXTENSIONS,
-                                         MediaKind, media_kind)
+from restore_app.core.io.formats import IMAGE_EXTENSIONS, RAW_EXTENSIONS, VIDEO_EXTENSIONS, MediaKind, media_kind
 from restore_app.core.io.image import from_float, read_image, to_float, write_image
 from restore_app.core.io.raw import RawImage, read_raw
 from restore_app.core.io.video import VideoInfo, VideoReader, VideoWriter, probe_video

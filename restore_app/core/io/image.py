@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import struct
-import warnings
 from pathlib import Path
 
 import cv2
@@ -26,6 +25,9 @@ from restore_app.core.io.formats import IMAGE_EXTENSIONS, sniff_image_format
 #: Largest image accepted, in pixels (PIL's own hard limit); override with RESTORE_MAX_PIXELS.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
 _ORIENTATION_TAG = 0x0112
+# Our own check (from the header, before decoding) replaces PIL's, so that every format — PIL's,
+# tifffile's and OpenCV's — is held to the same limit with the same message.
+Image.MAX_IMAGE_PIXELS = None
 
 
 def max_pixels() -> int:
@@ -95,21 +97,19 @@ def _read_tiff(path: Path) -> np.ndarray:
 
 
 def _read_pil(path: Path) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
-            _check_size(path, *im.size)
-            orientation = im.getexif().get(_ORIENTATION_TAG, 1)
-            if im.mode in ("I;16", "I;16B", "I;16L"):
-                data = np.asarray(im).astype(np.uint16)
-            elif im.mode == "I":
-                data = np.clip(np.asarray(im), 0, 65535).astype(np.uint16)
-            elif im.mode == "F":
-                data = np.asarray(im, dtype=np.float32)
-            else:
-                has_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
-                target = "L" if im.mode in ("1", "L") else ("RGBA" if has_alpha else "RGB")
-                data = np.asarray(im.convert(target) if im.mode != target else im)
+    with Image.open(path) as im:
+        _check_size(path, *im.size)
+        orientation = im.getexif().get(_ORIENTATION_TAG, 1)
+        if im.mode in ("I;16", "I;16B", "I;16L"):
+            data = np.asarray(im).astype(np.uint16)
+        elif im.mode == "I":
+            data = np.clip(np.asarray(im), 0, 65535).astype(np.uint16)
+        elif im.mode == "F":
+            data = np.asarray(im, dtype=np.float32)
+        else:
+            has_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
+            target = "L" if im.mode in ("1", "L") else ("RGBA" if has_alpha else "RGB")
+            data = np.asarray(im.convert(target) if im.mode != target else im)
     return apply_orientation(data, int(orientation))
 
 
@@ -158,10 +158,11 @@ def read_image(path: str | Path) -> np.ndarray:
             data = _read_pil(path)
     except InputError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise InputError(f"{path}: {exc}") from exc
-    except (OSError, ValueError, SyntaxError, struct.error, tifffile.TiffFileError) as exc:
-        raise InputError(f"{path}: cannot decode {fmt.upper()} image ({exc})") from exc
+    except MemoryError as exc:
+        raise InputError(f"{path}: not enough memory to decode this image") from exc
+    except Exception as exc:  # decoders fail on corrupt data in many ways (zlib, struct, OSError…)
+        raise InputError(f"{path}: cannot decode {fmt.upper()} image "
+                         f"({type(exc).__name__}: {exc})") from exc
     if data.ndim == 3 and data.shape[2] == 1:
         data = data[:, :, 0]
     if data.ndim == 3 and data.shape[2] == 2:  # grey + alpha: keep alpha with grey replicated

@@ -1,0 +1,131 @@
+"""The `restore` command line, run as a real subprocess through the launcher."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from restore_app.core.degrade import downsample
+from restore_app.core.io import probe_video, read_image, to_float, write_image
+from restore_app.launcher import GLIBC_TUNABLES, _needs_reexec
+from tests.helpers import make_clip
+
+
+def restore(*args, cwd=None, check=True):
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "RESTORE_NO_REEXEC")}
+    result = subprocess.run([sys.executable, "-m", "restore_app", *map(str, args)], capture_output=True,
+                            text=True, cwd=cwd, env=env, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"restore {' '.join(map(str, args))} failed:\n{result.stderr}")
+    return result
+
+
+def test_version_and_help():
+    assert restore("--version").stdout.startswith("restore ")
+    assert "compare" in restore("--help").stdout
+
+
+def test_models_json_lists_every_task():
+    data = json.loads(restore("models", "--json").stdout)
+    tasks = {m["task"] for m in data["models"]}
+    assert tasks == {"demosaic", "jpeg", "vsr", "segment"}
+    assert data["issues"] == []
+    text = restore("models").stdout
+    assert "bicubic-x4" in text and "(* = the task's default model)" in text
+
+
+def test_run_and_compare(tmp_path, coffee):
+    lr = write_image(tmp_path / "lr.png", np.clip(downsample(to_float(coffee), 4), 0, 1))
+    ref = write_image(tmp_path / "ref.png", coffee)
+    out = tmp_path / "sr.png"
+    result = restore("run", lr, "-o", out, "--model", "bicubic-x4", "--tile", "64")
+    assert "wrote" in result.stdout
+    assert read_image(out).shape == coffee.shape
+    scores = json.loads(restore("compare", ref, out, "--json").stdout)
+    assert set(scores) == {"psnr", "ssim", "ms_ssim", "y", "crop"}
+    assert 22 < scores["psnr"] < 35 and 0 < scores["ssim"] < 1
+    text = restore("compare", ref, out, "--y", "--crop", "4").stdout
+    assert text.startswith("PSNR ") and "Y (BT.601), crop 4 px" in text
+    same = json.loads(restore("compare", ref, ref, "--json").stdout)
+    assert same["psnr"] is None and same["ssim"] == pytest.approx(1.0)  # inf is not JSON: null
+
+
+def test_run_video(tmp_path):
+    clip = make_clip(tmp_path / "in.mp4", seconds=1, rate="8", audio=True)
+    restore("run", clip, "-o", tmp_path / "out.mp4", "--model", "bicubic-x2", "--crf", "20")
+    info = probe_video(tmp_path / "out.mp4")
+    assert (info.width, info.height, info.frame_count) == (192, 128, 8) and info.has_audio
+
+
+def test_eval_writes_json(tmp_path, coffee):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_image(data / "a.png", coffee[:200, :200])
+    result = restore("eval", "--task", "jpeg", "--model", "jpeg-identity", "--data", data, "--quality", "20",
+                     "--json", tmp_path / "r.json")
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["task"] == "jpeg" and report["model"] == "jpeg-identity"
+    assert report["protocol"] == {"quality": 20}
+    assert set(report["mean"]) == {"psnr", "ssim", "ms_ssim"} and len(report["items"]) == 1
+    assert "mean" in result.stdout and "seconds per megapixel" in result.stdout
+
+
+def test_demo_writes_outputs(tmp_path):
+    restore("demo", "--out", tmp_path / "demo")
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert [r["task"] for r in summary] == ["demosaic", "jpeg", "vsr"]
+    for r in summary:
+        for f in r["files"]:
+            assert Path(f).is_file()
+        assert r["psnr"] > 20
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "missing.png", "-o", "out.png", "--model", "jpeg-identity"], "missing.png: no such file"),
+    (["run", "notes.txt", "-o", "out.png", "--model", "jpeg-identity"], "unsupported file type '.txt'"),
+    (["run", "in.png", "-o", "out.png", "--model", "nope"], "unknown model 'nope'; known models:"),
+    (["run", "in.png", "-o", "in.png", "--model", "jpeg-identity"], "refusing to overwrite the input"),
+    (["run", "in.png", "-o", "out.png", "--model", "jpeg-identity", "--precision", "fp16", "--device", "cpu"],
+     "fp16 is not supported on the CPU"),
+    (["run", "corrupt.jpg", "-o", "out.png", "--model", "jpeg-identity"], "corrupt.jpg: cannot decode JPEG"),
+    (["compare", "in.png", "small.png"], "differs from the reference"),
+])
+def test_user_errors_are_one_line(tmp_path, coffee, args, message):
+    write_image(tmp_path / "in.png", coffee)
+    write_image(tmp_path / "small.png", coffee[:10, :10])
+    (tmp_path / "notes.txt").write_text("hello")
+    data = write_image(tmp_path / "ok.jpg", coffee).read_bytes()
+    (tmp_path / "corrupt.jpg").write_bytes(data[: len(data) // 3])
+    before = (tmp_path / "in.png").read_bytes()
+    result = restore(*args, cwd=tmp_path, check=False)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("restore: error: ") and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "in.png").read_bytes() == before
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_model_required_except_for_raw(tmp_path, coffee):
+    write_image(tmp_path / "in.png", coffee)
+    result = restore("run", "in.png", "-o", "out.png", cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "--model is required" in result.stderr
+
+
+def test_launcher_sets_malloc_tunables(monkeypatch):
+    monkeypatch.delenv("RESTORE_NO_REEXEC", raising=False)
+    monkeypatch.setenv("GLIBC_TUNABLES", GLIBC_TUNABLES)
+    assert not _needs_reexec()
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    if sys.platform.startswith("linux"):
+        assert _needs_reexec()
+        # started without the tunables, the launcher re-executes itself with them before the CLI runs
+        info = json.loads(restore("info", "--json").stdout)
+        assert info["malloc_tunables"] is True
+        assert info["threads"] >= 1 and info["device"] in ("cpu", "cuda", "mps")

@@ -1,0 +1,84 @@
+"""Camera RAW: DNGs written here with tifffile are read by LibRaw with their metadata and developed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from restore_app.core.cfa import PATTERNS
+from restore_app.core.color import srgb_gamma
+from restore_app.core.degrade import mosaic
+from restore_app.core.errors import InputError
+from restore_app.core.io import read_image, read_raw, to_float, write_image
+from restore_app.core.pipeline import Restorer, process_file
+from tests.helpers import smooth_rgb, write_dng
+
+BLACK, WHITE = 256, 4095
+
+
+def _raw_counts(linear_rgb: np.ndarray, pattern: str, neutral=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """What a camera whose space is linear sRGB records: channel × neutral, offset by black."""
+    cam = linear_rgb * np.asarray(neutral, np.float32)
+    return np.rint(BLACK + mosaic(cam, pattern) * (WHITE - BLACK)).astype(np.uint16)
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_dng_mosaic_and_metadata(tmp_path, pattern):
+    lin = smooth_rgb(64, 96)
+    counts = _raw_counts(lin, pattern, neutral=(0.5, 1.0, 0.8))
+    raw = read_raw(write_dng(tmp_path / "a.dng", counts, pattern, BLACK, WHITE, neutral=(0.5, 1.0, 0.8)))
+    assert raw.pattern == pattern
+    np.testing.assert_array_equal(raw.mosaic, counts)
+    np.testing.assert_array_equal(raw.black_level, np.full((2, 2), BLACK))
+    assert raw.white_level == WHITE
+    np.testing.assert_allclose(raw.wb_multipliers, (2.0, 1.0, 1.25), rtol=1e-3)
+    np.testing.assert_allclose(raw.cam_to_srgb, np.eye(3), atol=2e-3)
+    norm = raw.normalized()
+    np.testing.assert_allclose(norm, (counts.astype(np.float32) - BLACK) / (WHITE - BLACK), atol=1e-6)
+
+
+@pytest.mark.parametrize("pattern", ["RGGB", "GBRG"])
+def test_raw_end_to_end_colours_come_back(tmp_path, pattern):
+    lin = smooth_rgb(96, 128, seed=3)
+    neutral = (0.6, 1.0, 0.75)
+    dng = write_dng(tmp_path / "scene.dng", _raw_counts(lin, pattern, neutral), pattern, BLACK, WHITE,
+                    neutral=neutral)
+    restorer = Restorer.from_id("bilinear-demosaic")
+    out = process_file(dng, tmp_path / "scene.tif", restorer)
+    developed = read_image(out)
+    assert developed.dtype == np.uint16 and developed.shape == (96, 128, 3)
+    expected = srgb_gamma(lin)
+    got = to_float(developed)
+    inner = (slice(4, -4), slice(4, -4))
+    assert np.abs(got[inner] - expected[inner]).mean() < 0.01
+    # white balance and colour matrix bring each channel's mean back
+    np.testing.assert_allclose(got[inner].mean(axis=(0, 1)), expected[inner].mean(axis=(0, 1)), atol=0.01)
+    # and PNG/JPEG on request
+    assert read_image(process_file(dng, tmp_path / "scene.png", restorer)).dtype == np.uint16
+    assert read_image(process_file(dng, tmp_path / "scene.jpg", restorer)).dtype == np.uint8
+
+
+def test_raw_requires_a_demosaicing_model(tmp_path):
+    dng = write_dng(tmp_path / "a.dng", _raw_counts(smooth_rgb(32, 32), "RGGB"))
+    with pytest.raises(InputError, match="need a demosaicing model"):
+        process_file(dng, tmp_path / "a.png", Restorer.from_id("jpeg-identity"))
+
+
+def test_not_a_raw_file(tmp_path, coffee):
+    fake = tmp_path / "photo.dng"
+    fake.write_bytes(write_image(tmp_path / "x.png", coffee).read_bytes())
+    with pytest.raises(InputError, match="photo.dng: cannot read as camera RAW"):
+        read_raw(fake)
+    (tmp_path / "empty.nef").write_bytes(b"")
+    with pytest.raises(InputError, match="empty.nef: file is empty"):
+        read_raw(tmp_path / "empty.nef")
+    with pytest.raises(InputError, match="no such file"):
+        read_raw(tmp_path / "missing.cr2")
+
+
+def test_truncated_dng(tmp_path):
+    dng = write_dng(tmp_path / "t.dng", _raw_counts(smooth_rgb(64, 64), "RGGB"))
+    data = dng.read_bytes()
+    dng.write_bytes(data[:200])
+    with pytest.raises(InputError, match="t.dng"):
+        read_raw(dng)

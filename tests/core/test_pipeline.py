@@ -1,0 +1,135 @@
+"""The Restorer and process_file: patterns, channel adaptation, alpha, files in and out."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from restore_app.core.cfa import PATTERNS
+from restore_app.core.degrade import downsample, mosaic
+from restore_app.core.engine import Engine, EngineConfig
+from restore_app.core.errors import Cancelled, InputError, OutputError
+from restore_app.core.io import read_image, to_float, write_image
+from restore_app.core.jobs import CancelToken
+from restore_app.core.metrics import psnr
+from restore_app.core.pipeline import Restorer, RunOptions, process_file
+from restore_app.core.registry import Registry, default_registry, parse_manifest
+from tests.helpers import smooth_rgb
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("size", [(64, 96), (63, 81)])
+def test_every_bayer_pattern_and_odd_sizes(pattern, size):
+    rgb = smooth_rgb(*size)
+    out = Restorer.from_id("bilinear-demosaic").restore_image(mosaic(rgb, pattern), pattern=pattern)
+    assert out.shape == size + (3,)
+    assert psnr(rgb[2:-2, 2:-2], out[2:-2, 2:-2]) > 38  # smooth image: bilinear is near exact
+    # samples the sensor recorded are kept exactly
+    m = mosaic(rgb, pattern)
+    np.testing.assert_allclose(mosaic(out, pattern)[1:-1, 1:-1], m[1:-1, 1:-1], atol=1e-6)
+
+
+def test_patterns_agree_on_a_shifted_image(coffee):
+    """Cropping one column of an RGGB mosaic gives a GRBG one: both must demosaic the same."""
+    rgb = to_float(coffee)[:128, :129]
+    r = Restorer.from_id("opencv-vng-demosaic")
+    a = r.restore_image(mosaic(rgb, "RGGB"), pattern="RGGB")[:, 1:]
+    b = r.restore_image(mosaic(rgb[:, 1:], "GRBG"), pattern="GRBG")
+    assert np.abs(a - b)[8:-8, 8:-8].max() < 1e-6
+
+
+def test_luma_model_on_colour_and_colour_model_on_grey(coffee):
+    manifest = parse_manifest({"id": "bicubic-y", "task": "vsr", "name": "Y", "architecture": "bicubic",
+                               "input": "rgb", "channels": [1], "scale": 2, "params": {"scale": 2},
+                               "license": "MIT", "training_data": "none"})
+    reg = Registry(paths=[], entry_points=False)
+    luma = Restorer(reg.load(manifest))
+    x = to_float(coffee[:64, :96])
+    y = luma.restore_image(x)
+    assert y.shape == (128, 192, 3)
+    rgb_model = Restorer.from_id("bicubic-x2").restore_image(x)
+    assert psnr(rgb_model, y) > 40  # bicubic on Y + bicubic chroma ≈ bicubic on RGB
+    grey = Restorer.from_id("bicubic-x2").restore_image(x[..., 1])
+    assert grey.shape == (128, 192)
+
+
+def test_alpha_is_kept_and_resized(coffee):
+    rgba = np.concatenate([to_float(coffee[:40, :50]), np.linspace(0, 1, 40 * 50).reshape(40, 50, 1)], axis=2)
+    out = Restorer.from_id("bicubic-x2").restore_image(rgba.astype(np.float32))
+    assert out.shape == (80, 100, 4)
+    assert abs(out[..., 3].mean() - rgba[..., 3].mean()) < 0.01
+
+
+def test_tiny_tiles_equal_whole_image(coffee):
+    x = to_float(coffee[:200, :260])
+    whole = Restorer(default_registry().load("bicubic-x4"), Engine(EngineConfig(tile=0))).restore_image(x)
+    tiled = Restorer(default_registry().load("bicubic-x4"), Engine(EngineConfig(tile=48))).restore_image(x)
+    assert np.abs(whole - tiled).max() < 1e-5
+
+
+def test_cancel_stops_a_run(coffee):
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        Restorer.from_id("bicubic-x2").restore_image(to_float(coffee), cancel=token)
+
+
+def test_process_file_image(tmp_path, coffee):
+    src = write_image(tmp_path / "in.png", downsample(to_float(coffee), 2))
+    out = process_file(src, tmp_path / "out.png", Restorer.from_id("bicubic-x2"))
+    assert read_image(out).shape == (400, 600, 3)
+    out16 = process_file(src, tmp_path / "out.tif", Restorer.from_id("bicubic-x2"))
+    assert read_image(out16).dtype == np.uint16
+
+
+def test_process_file_checks_before_work(tmp_path, coffee):
+    src = write_image(tmp_path / "in.png", coffee)
+    r = Restorer.from_id("jpeg-identity")
+    with pytest.raises(OutputError, match="refusing to overwrite the input"):
+        process_file(src, src, r)
+    assert read_image(src).shape == coffee.shape
+    with pytest.raises(OutputError, match="cannot write an image as '.mp4'"):
+        process_file(src, tmp_path / "out.mp4", r)
+    with pytest.raises(OutputError, match="does not exist"):
+        process_file(src, tmp_path / "nowhere" / "out.png", r)
+    with pytest.raises(InputError, match="demosaics single-channel Bayer mosaics"):
+        process_file(src, tmp_path / "out.png", Restorer.from_id("bilinear-demosaic"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_folder(tmp_path, coffee):
+    src = write_image(tmp_path / "in.png", coffee)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(OutputError, match="not writable"):
+        process_file(src, locked / "out.png", Restorer.from_id("jpeg-identity"))
+
+
+def test_grey_mosaic_file_with_pattern(tmp_path, coffee):
+    m = mosaic(coffee, "GBRG")
+    src = write_image(tmp_path / "mosaic.png", m)
+    out = process_file(src, tmp_path / "rgb.png", Restorer.from_id("opencv-vng-demosaic"),
+                       RunOptions(pattern="GBRG"))
+    assert psnr(coffee[8:-8, 8:-8], read_image(out)[8:-8, 8:-8], 255) > 30
+
+
+def test_labels_written_as_16bit(tmp_path):
+    rgb = np.full((80, 80, 3), 0.9, np.float32)
+    yy, xx = np.mgrid[0:80, 0:80]
+    for cy, cx in ((20, 20), (20, 55), (58, 40)):
+        rgb[(yy - cy) ** 2 + (xx - cx) ** 2 < 90] = (0.35, 0.2, 0.55)  # haematoxylin-like purple
+    src = write_image(tmp_path / "cells.png", rgb)
+    out = process_file(src, tmp_path / "labels.png", Restorer.from_id("he-watershed"))
+    labels = read_image(out)
+    assert labels.dtype == np.uint16 and len(np.unique(labels)) - 1 == 3
+    with pytest.raises(OutputError, match="gives a label map"):
+        process_file(src, tmp_path / "labels.jpg", Restorer.from_id("he-watershed"))
+
+
+def test_run_options_validation():
+    with pytest.raises(InputError, match="pattern"):
+        RunOptions(pattern="XYZW")
+    with pytest.raises(InputError, match="quality"):
+        RunOptions(quality=101)

@@ -1,0 +1,208 @@
+"""The registry: built-in manifests, strict parsing, safetensors loading, plugins by entry point."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from restore_app.core.errors import ModelLoadError, ModelNotFoundError
+from restore_app.core.paths import builtin_models_dir
+from restore_app.core.registry import (
+    ENTRY_POINT_GROUP,
+    Registry,
+    build_model,
+    default_registry,
+    parse_manifest,
+    read_manifest,
+)
+
+BASE = {"id": "m", "task": "jpeg", "name": "M", "architecture": "identity", "input": "rgb",
+        "license": "MIT", "training_data": "none"}
+
+
+def test_builtin_models_load_cleanly():
+    reg = default_registry()
+    assert reg.issues == []
+    ids = reg.ids()
+    for task in ("demosaic", "jpeg", "vsr", "segment"):
+        assert reg.manifests(task), f"no classical model for {task}"
+        assert reg.default(task).task == task
+    for folder in builtin_models_dir().iterdir():
+        if folder.is_dir():
+            assert (folder / "CARD.md").is_file(), f"{folder.name} has no CARD.md"
+            assert read_manifest(folder).id == folder.name
+    assert "bilinear-demosaic" in ids and "bicubic-x4" in ids
+
+
+def test_unknown_id_lists_known_ones():
+    with pytest.raises(ModelNotFoundError, match=r"unknown model 'nope'; known models: .*bicubic-x4"):
+        default_registry().get("nope")
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"colour": "red"}, "unknown keys colour"),
+    ({"task": "deblur"}, "task must be one of"),
+    ({"input": "bayer"}, "input must be one of"),
+    ({"id": "Bad Id"}, "id must be"),
+    ({"precisions": ["int8"]}, "precisions must be"),
+    ({"weights": "../w.safetensors"}, "weights must be"),
+    ({"weights": "w.pth"}, "weights must be"),
+    ({"sha256": "abc"}, "sha256 must be"),
+    ({"scale": 0}, "scale must be"),
+    ({"channels": [2]}, "channels must be"),
+])
+def test_manifest_validation(change, message):
+    with pytest.raises(ModelLoadError, match=message):
+        parse_manifest({**BASE, **change})
+
+
+def test_manifest_missing_keys():
+    data = dict(BASE)
+    del data["license"]
+    with pytest.raises(ModelLoadError, match="missing keys license"):
+        parse_manifest(data)
+
+
+def test_manifest_is_frozen():
+    m = parse_manifest({**BASE, "params": {"a": 1}})
+    with pytest.raises(AttributeError):
+        m.id = "x"
+    with pytest.raises(TypeError):
+        m.params["a"] = 2
+
+
+# -- a plugin package written to disk, with a real dist-info entry point -------------------------
+
+ARCH = '''
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    def __init__(self, channels: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.conv(x)
+'''
+
+
+def _model_folder(folder: Path, model_id: str, arch: str, weights: dict | None, sha: bool = True,
+                  extra: str = "") -> Path:
+    folder.mkdir(parents=True)
+    lines = [f'id = "{model_id}"', 'task = "jpeg"', f'name = "{model_id}"', f'architecture = "{arch}"',
+             'input = "rgb"', 'license = "MIT"', 'training_data = "synthetic"']
+    if weights is not None:
+        save_file(weights, str(folder / "w.safetensors"))
+        lines.append('weights = "w.safetensors"')
+        if sha:
+            digest = hashlib.sha256((folder / "w.safetensors").read_bytes()).hexdigest()
+            lines.append(f'sha256 = "{digest}"')
+    (folder / "manifest.toml").write_text("\n".join(lines) + "\n" + extra)
+    (folder / "CARD.md").write_text("card")
+    return folder
+
+
+def _tiny_weights():
+    torch.manual_seed(0)
+    return {"conv.weight": torch.randn(3, 3, 3, 3) * 0.01, "conv.bias": torch.zeros(3)}
+
+
+@pytest.fixture
+def plugin_site(tmp_path, monkeypatch):
+    """A site folder with an installed plugin `tinyplug` declaring models through an entry point."""
+    site = tmp_path / "site"
+    pkg = site / "tinyplug"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "arch.py").write_text(ARCH)
+    _model_folder(pkg / "models" / "tiny-plugin", "tiny-plugin", "tinyplug.arch:TinyNet", _tiny_weights())
+    dist = site / "tinyplug-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tinyplug\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\ntiny = tinyplug:models\n"
+                                           "broken = not_installed_pkg:models\n")
+    monkeypatch.syspath_prepend(str(site))
+    yield site
+    for name in [m for m in sys.modules if m.startswith("tinyplug")]:
+        del sys.modules[name]
+
+
+def test_plugin_models_are_found_lazily(plugin_site):
+    reg = Registry(paths=[])
+    m = reg.get("tiny-plugin")
+    assert m.source == "plugin:tiny"
+    assert "tinyplug.arch" not in sys.modules  # listing did not import the plugin's code
+    loaded = reg.load("tiny-plugin")
+    assert "tinyplug.arch" in sys.modules
+    torch.testing.assert_close(loaded.module.conv.weight, _tiny_weights()["conv.weight"])
+    assert loaded.weights_sha256 == m.sha256
+    # the broken plugin is reported, not fatal
+    assert [i.source for i in reg.issues] == ["plugin:broken"]
+    assert "not_installed_pkg" in reg.issues[0].message
+
+
+def test_weights_problems_are_clear_errors(tmp_path, plugin_site):
+    arch = "tinyplug.arch:TinyNet"
+    w = _tiny_weights()
+    cases = {
+        "missing-key": ({"conv.weight": w["conv.weight"]}, "missing conv.bias"),
+        "extra-key": ({**w, "head.weight": torch.zeros(1)}, "unexpected head.weight"),
+        "wrong-shape": ({**w, "conv.bias": torch.zeros(4)}, r"wrong shape conv.bias \(4,\)≠\(3,\)"),
+    }
+    for name, (weights, message) in cases.items():
+        folder = _model_folder(tmp_path / "zoo" / name, name, arch, weights)
+        with pytest.raises(ModelLoadError, match=message):
+            build_model(read_manifest(folder))
+    folder = _model_folder(tmp_path / "zoo" / "bad-sha", "bad-sha", arch, w)
+    (folder / "manifest.toml").write_text((folder / "manifest.toml").read_text().replace(
+        read_manifest(folder).sha256, "0" * 64))
+    with pytest.raises(ModelLoadError, match="does not match the manifest"):
+        build_model(read_manifest(folder))
+    folder = _model_folder(tmp_path / "zoo" / "no-weights", "no-weights", arch, None)
+    with pytest.raises(ModelLoadError, match="has trainable parameters but no weights file"):
+        build_model(read_manifest(folder))
+    folder = _model_folder(tmp_path / "zoo" / "corrupt", "corrupt", arch, w, sha=False)
+    (folder / "w.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ModelLoadError, match="not a readable safetensors file"):
+        build_model(read_manifest(folder))
+
+
+def test_broken_architectures(tmp_path):
+    folder = _model_folder(tmp_path / "a", "a", "nosuch.module:Net", None)
+    with pytest.raises(ModelLoadError, match="cannot import architecture 'nosuch.module:Net'"):
+        build_model(read_manifest(folder))
+    folder = _model_folder(tmp_path / "b", "b", "bogus", None)
+    with pytest.raises(ModelLoadError, match="unknown architecture 'bogus'"):
+        build_model(read_manifest(folder))
+    folder = _model_folder(tmp_path / "c", "c", "bicubic", None, extra="[params]\nfactor = 3\n")
+    with pytest.raises(ModelLoadError, match="cannot build bicubic"):
+        build_model(read_manifest(folder))
+
+
+def test_search_order_duplicates_and_bad_folders(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    _model_folder(first / "x", "dup", "identity", None)
+    _model_folder(second / "y", "dup", "identity", None)
+    bad = second / "z"
+    bad.mkdir()
+    (bad / "manifest.toml").write_text("id = [unclosed")
+    reg = Registry(paths=[(first, "first"), (second, "second")], entry_points=False)
+    assert reg.get("dup").source == "first"
+    messages = [i.message for i in reg.issues]
+    assert any("already defined" in m for m in messages)
+    assert any("manifest.toml" in m for m in messages)
+
+
+def test_env_path_is_searched(tmp_path, monkeypatch):
+    _model_folder(tmp_path / "mine" / "my-model", "my-model", "identity", None)
+    monkeypatch.setenv("RESTORE_MODELS_PATH", str(tmp_path / "mine"))
+    reg = Registry(entry_points=False)
+    assert reg.get("my-model").source == "RESTORE_MODELS_PATH"
+    assert "bilinear-demosaic" in reg.ids()
