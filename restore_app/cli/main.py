@@ -91,7 +91,7 @@ def cmd_run(args) -> int:
     kind = media_kind(args.input)
     if args.model is None:
         if kind is not MediaKind.RAW:
-            raise _usage("--model is required (see `restore models`)")
+            raise _UsageError("--model is required (see `restore models`)")
         args.model = registry.default("demosaic").id
     options = RunOptions(pattern=args.pattern, sigma=None if args.sigma is None else args.sigma / 255.0,
                          quality=args.quality, crf=args.crf, bit_depth=args.bit_depth)
@@ -222,11 +222,7 @@ def cmd_demo(args) -> int:
 
 
 class _UsageError(Exception):
-    pass
-
-
-def _usage(message: str) -> _UsageError:
-    return _UsageError(message)
+    """A command-line mistake argparse cannot see; reported like argparse's own (exit status 2)."""
 
 
 COMMANDS = {"run": cmd_run, "compare": cmd_compare, "eval": cmd_eval, "models": cmd_models,

@@ -15,6 +15,7 @@ import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
@@ -27,6 +28,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 TensorFn = Callable[[torch.Tensor], torch.Tensor]
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -253,19 +256,20 @@ class Engine:
                           progress=progress, cancel=cancel)
         return out.cpu().contiguous()
 
-    def run_frames(self, fn: Callable[[torch.Tensor], torch.Tensor], frames: Iterable[torch.Tensor],
-                   cancel: CancelToken | None = None) -> Iterator[torch.Tensor]:
-        """Apply a per-frame ``fn`` to ``(C, H, W)`` frames in batches of ``config.batch``.
+    def run_frames(self, fn: Callable[[list[T]], Iterable[R]], frames: Iterable[T],
+                   cancel: CancelToken | None = None) -> Iterator[R]:
+        """Apply ``fn`` to ``frames`` grouped in batches of ``config.batch``, lazily.
 
-        Yields one output per input frame, in order; cancellation is checked between batches.
+        ``fn`` takes a list of frames and returns one result per frame; results are yielded in
+        order, so only one batch is held in memory. Cancellation is checked before every batch.
         """
-        batch: list[torch.Tensor] = []
+        batch: list[T] = []
         for frame in frames:
             batch.append(frame)
             if len(batch) == self.config.batch:
                 check_cancel(cancel)
-                yield from fn(torch.stack(batch)).unbind(0)
+                yield from fn(batch)
                 batch = []
         if batch:
             check_cancel(cancel)
-            yield from fn(torch.stack(batch)).unbind(0)
+            yield from fn(batch)

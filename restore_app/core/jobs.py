@@ -7,7 +7,6 @@ or frames; the CLI drives them with a progress bar, the GUI with Qt signals from
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from typing import Protocol
 
 from restore_app.core.errors import Cancelled
@@ -48,20 +47,3 @@ def check_cancel(cancel: CancelToken | None) -> None:
     """Raise ``Cancelled`` if ``cancel`` is set; a ``None`` token never cancels."""
     if cancel is not None:
         cancel.raise_if_cancelled()
-
-
-def scaled_progress(progress: ProgressCallback | None, start: int, span: int,
-                    total: int) -> Callable[[int, int], None] | None:
-    """Map a sub-job's ``(done, sub_total)`` onto ``[start, start + span]`` of ``total`` units.
-
-    Used when one job has several parts (frames of a video, images of a batch), each reporting its
-    own tiles.
-    """
-    if progress is None:
-        return None
-
-    def report(done: int, sub_total: int) -> None:
-        frac = done / sub_total if sub_total else 1.0
-        progress(start + round(span * frac), total)
-
-    return report

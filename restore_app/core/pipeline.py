@@ -169,21 +169,12 @@ class Restorer:
         if self.manifest.input != "rgb" or self.manifest.output != "image":
             raise InputError(f"model {self.manifest.id!r} cannot restore video frames "
                              f"(it takes {self.manifest.input} and gives {self.manifest.output})")
-        size = self.engine.config.batch
-        batch: list[np.ndarray] = []
 
-        def flush() -> Iterator[np.ndarray]:
-            check_cancel(cancel)
+        def run(batch: list[np.ndarray]) -> Iterator[np.ndarray]:
             out = self._restore_rgb(np.stack([to_float(f) for f in batch]), sigma, None, cancel)
-            yield from (np.rint(o * 255).astype(np.uint8) for o in out)
+            return (np.rint(o * 255).astype(np.uint8) for o in out)
 
-        for frame in frames:
-            batch.append(frame)
-            if len(batch) == size:
-                yield from flush()
-                batch = []
-        if batch:
-            yield from flush()
+        return self.engine.run_frames(run, frames, cancel)
 
 
 # ---------------------------------------------------------------------------------------------

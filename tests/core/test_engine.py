@@ -138,16 +138,23 @@ def test_engine_run_returns_cpu_float32_and_frames_keep_order():
     net = engine.prepare(_convnet(3))
     y = engine.run(net, torch.rand(1, 3, 150, 90), overlap=8)
     assert y.dtype == torch.float32 and y.device.type == "cpu" and y.shape == (1, 3, 150, 90)
-    frames = [torch.full((3, 4, 4), float(i)) for i in range(7)]
     batches = []
 
-    def fn(b):
-        batches.append(b.shape[0])
-        return b * 2
+    def fn(batch):
+        batches.append(len(batch))
+        return torch.stack(batch) * 2
 
+    frames = (torch.full((3, 4, 4), float(i)) for i in range(7))  # a lazy stream, as from a decoder
     out = list(engine.run_frames(fn, frames))
     assert batches == [3, 3, 1]
     assert [float(o[0, 0, 0]) for o in out] == [2.0 * i for i in range(7)]
+    token = CancelToken()
+    stream = engine.run_frames(fn, frames=(torch.zeros(3, 4, 4) for _ in range(9)), cancel=token)
+    next(stream)
+    token.cancel()
+    next(stream), next(stream)  # the rest of the batch already computed
+    with pytest.raises(Cancelled):
+        next(stream)
 
 
 def test_engine_config_validation():
