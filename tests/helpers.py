@@ -26,7 +26,8 @@ def _srational(values, denom: int = 10000) -> tuple[int, ...]:
 
 def write_dng(path: Path, cfa: np.ndarray, pattern: str = "RGGB", black: int = 256, white: int = 4095,
               neutral: tuple[float, float, float] = (1.0, 1.0, 1.0),
-              color_matrix: np.ndarray = XYZ_TO_SRGB) -> Path:
+              color_matrix: np.ndarray = XYZ_TO_SRGB,
+              noise_profile: tuple[float, float] | None = None) -> Path:
     """Write a minimal CFA DNG (uint16 mosaic already offset by ``black``) that LibRaw reads."""
     tags = [
         (50706, "B", 4, (1, 4, 0, 0), True),                       # DNGVersion
@@ -44,6 +45,8 @@ def write_dng(path: Path, cfa: np.ndarray, pattern: str = "RGGB", black: int = 2
         (272, "s", 0, "TestCam", True),                            # Model
         (50708, "s", 0, "Restore TestCam", True),                  # UniqueCameraModel
     ]
+    if noise_profile is not None:
+        tags.append((51041, "d", 2, tuple(noise_profile), True))  # NoiseProfile (S, O)
     with tifffile.TiffWriter(path) as tif:
         tif.write(cfa.astype(np.uint16), photometric=32803, compression=None, subfiletype=0,
                   extratags=tags, metadata=None)

@@ -64,6 +64,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default=None)
     p.add_argument("--json", action="store_true")
 
+    # the training options depend on the task and import torch: parsed by cmd_train
+    sub.add_parser("train", help="train a model: restore train TASK [options] (see restore train --help)",
+                   add_help=False)
+
+    p = sub.add_parser("bench", help="compare methods in one run on the same images (prints a table)")
+    p.add_argument("task", choices=("demosaic",))
+    p.add_argument("--models", nargs="+", default=None,
+                   help="registered models to compare (default: every model of the task)")
+    p.add_argument("--data", nargs="+", default=None, metavar="NAME=DIR",
+                   help="data sets (default: mcmaster and bsds500/test from the shared datasets)")
+    p.add_argument("--sigmas", nargs="+", type=float, default=[0, 10, 20], help="noise levels, 8-bit units")
+    p.add_argument("--no-anchors", action="store_true", help="skip the published anchors")
+    p.add_argument("--json", type=Path, default=None, dest="json_file", help="write the results here")
+    _engine_args(p)
+
     p = sub.add_parser("info", help="show the device, threads, precision support and paths in use")
     p.add_argument("--json", action="store_true")
 
@@ -71,6 +86,76 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("demo_out"))
     _engine_args(p)
     return parser
+
+
+def _train_tasks() -> dict:
+    """Task name → (config dataclass, module path of its task class); imported lazily."""
+    from restore_app.core.train.demosaic import DemosaicTrainConfig
+
+    return {"demosaic": (DemosaicTrainConfig, "restore_app.core.train.demosaic:DemosaicTask")}
+
+
+def _dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
+    """One ``--option`` per field of a config dataclass, typed from its default."""
+    import dataclasses
+
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, tuple):
+            parser.add_argument(flag, type=Path, nargs="+", default=None,
+                                help=f"default: {' '.join(map(str, default))}")
+        elif isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            kind = {int: int, float: float, str: str}.get(type(default), Path)
+            parser.add_argument(flag, type=kind, default=None, help=f"default: {default}")
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="restore train",
+                                     description="Train a model; the same command resumes an interrupted run.")
+    tsub = parser.add_subparsers(dest="task", required=True, metavar="TASK")
+    for task, (config_cls, _) in _train_tasks().items():
+        tp = tsub.add_parser(task, help=f"train a {task} model")
+        _dataclass_args(tp, config_cls)
+        tp.add_argument("--export", type=Path, default=None,
+                        help="write the best weights as a model folder here when training ends")
+        tp.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    return parser
+
+
+def cmd_train(args) -> int:
+    import dataclasses
+    import importlib
+
+    import torch
+
+    from restore_app.core.train.loop import export_model, train
+
+    args = _train_parser().parse_args(args.train_args)
+    config_cls, task_path = _train_tasks()[args.task]
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)
+                 if getattr(args, f.name, None) is not None}
+    cfg = config_cls(**overrides)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    else:
+        from restore_app.core.engine import configure_cpu_threads
+
+        configure_cpu_threads()
+    module, _, name = task_path.partition(":")
+    task_module = importlib.import_module(module)
+    task = getattr(task_module, name)(cfg)
+    result = train(task, cfg)
+    print(f"trained {result.iterations} steps in {result.seconds / 3600:.2f} h; best validation score "
+          f"{result.best_score:.4f} at step {result.best_iteration}; weights in {result.out}")
+    if args.export is not None:
+        manifest = task_module.manifest_fields(cfg)
+        manifest["id"] = args.export.name
+        export_model(result.out / "best.safetensors", args.export, manifest)
+        print(f"exported {args.export}")
+    return 0
 
 
 def _engine(args):
@@ -178,6 +263,36 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from restore_app.core.bench import bench_demosaic, format_table, rows_to_json
+    from restore_app.core.errors import InputError
+    from restore_app.core.io.atomic import atomic_output
+    from restore_app.core.paths import datasets_dir
+    from restore_app.core.registry import default_registry
+
+    if args.data:
+        data = {}
+        for item in args.data:
+            name, sep, folder = item.partition("=")
+            if not sep:
+                raise InputError(f"--data takes NAME=DIR; got {item!r}")
+            data[name] = Path(folder)
+    else:
+        root = datasets_dir()
+        if root is None:
+            raise InputError("no shared datasets found: give --data NAME=DIR or set RESTORE_DATA")
+        data = {"McMaster": root / "mcmaster", "BSDS500 test": root / "bsds500" / "test"}
+    models = args.models or [m.id for m in default_registry().manifests(args.task)]
+    rows = bench_demosaic(models, data, args.sigmas, anchors=not args.no_anchors, engine=_engine(args))
+    print()
+    print(format_table(rows))
+    if args.json_file is not None:
+        with atomic_output(args.json_file) as tmp:
+            tmp.write_text(rows_to_json(rows))
+        print(f"wrote {args.json_file}")
+    return 0
+
+
 def cmd_info(args) -> int:
     import os
 
@@ -226,14 +341,18 @@ class _UsageError(Exception):
 
 
 COMMANDS = {"run": cmd_run, "compare": cmd_compare, "eval": cmd_eval, "models": cmd_models,
-            "info": cmd_info, "demo": cmd_demo}
+            "info": cmd_info, "demo": cmd_demo, "train": cmd_train, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
     from restore_app.core.errors import Cancelled, RestoreError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "train":
+        args.train_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return COMMANDS[args.command](args)
     except _UsageError as exc:

@@ -48,3 +48,10 @@ def srgb_linear(encoded: np.ndarray) -> np.ndarray:
     """Decode sRGB-encoded values in [0, 1] to linear light."""
     x = np.clip(encoded, 0.0, 1.0)
     return np.where(x <= 0.04045, x / 12.92, np.power((x + 0.055) / 1.055, 2.4)).astype(np.float32)
+
+
+def srgb_gamma_slope(linear: np.ndarray) -> np.ndarray:
+    """Derivative of :func:`srgb_gamma`: how much encoding scales a small (noise) deviation."""
+    x = np.clip(linear, 0.0, 1.0)
+    safe = np.maximum(x, 0.0031308)
+    return np.where(x <= 0.0031308, 12.92, 1.055 / 2.4 * np.power(safe, 1 / 2.4 - 1)).astype(np.float32)

@@ -84,6 +84,7 @@ class EvalReport:
     mean: dict = field(default_factory=dict)
     items: list[dict] = field(default_factory=list)
     seconds_per_mp: float = 0.0
+    megapixels: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps(_finite(asdict(self)), indent=2)
@@ -254,7 +255,8 @@ def evaluate(restorer: Restorer, task: str, data: str | Path, protocol: Protocol
              cancel: CancelToken | None = None) -> EvalReport:
     """Run ``task``'s protocol on the clean data in ``data`` and score the restorer.
 
-    ``seconds_per_mp`` is the time spent in the model per megapixel of output.
+    ``seconds_per_mp`` is the time spent in the model per megapixel of output; ``megapixels`` is
+    how many were processed.
     """
     check_choice(task, EVAL_TASKS, "task")
     if restorer.manifest.task != task:
@@ -273,7 +275,7 @@ def evaluate(restorer: Restorer, task: str, data: str | Path, protocol: Protocol
     items, mp = runner(restorer, Path(data), protocol, tick, cancel)
     return EvalReport(task=task, model=restorer.manifest.id, protocol=asdict(protocol),
                       mean=_mean(items, keys), items=items,
-                      seconds_per_mp=restorer.seconds / mp if mp else 0.0)
+                      seconds_per_mp=restorer.seconds / mp if mp else 0.0, megapixels=mp)
 
 
 __all__ = ["DemosaicProtocol", "EvalReport", "JpegProtocol", "SegmentProtocol", "VSRProtocol",

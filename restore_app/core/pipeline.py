@@ -18,7 +18,7 @@ import torch
 
 from restore_app.core.cfa import PATTERNS, channel_map, from_rggb, to_rggb
 from restore_app.core.checks import check_choice, check_image_array, check_range
-from restore_app.core.color import rgb_to_ycbcr, srgb_gamma, ycbcr_to_rgb
+from restore_app.core.color import rgb_to_ycbcr, srgb_gamma, srgb_gamma_slope, srgb_linear, ycbcr_to_rgb
 from restore_app.core.engine import Engine
 from restore_app.core.errors import InputError, OutputError
 from restore_app.core.io import (
@@ -37,6 +37,7 @@ from restore_app.core.io import (
 from restore_app.core.io.atomic import check_output_dir
 from restore_app.core.io.formats import IMAGE_EXTENSIONS, VIDEO_OUTPUT_EXTENSIONS
 from restore_app.core.jobs import CancelToken, ProgressCallback, check_cancel
+from restore_app.core.noise import bayer_block_mean, estimate_sigma, sensor_noise_map
 from restore_app.core.registry import LoadedModel, Registry, default_registry
 from restore_app.core.resize import imresize
 
@@ -66,32 +67,39 @@ class Restorer:
 
     # -- tensors -------------------------------------------------------------------------------
     def _forward(self, x: torch.Tensor, progress: ProgressCallback | None,
-                 cancel: CancelToken | None, **conditioning: torch.Tensor) -> torch.Tensor:
+                 cancel: CancelToken | None) -> torch.Tensor:
         m = self.manifest
-        module = self.module
-
-        def fn(t: torch.Tensor) -> torch.Tensor:
-            cond = {k: v.to(t.device) for k, v in conditioning.items()}
-            return module(t, **cond)
-
         start = time.perf_counter()
         try:
-            return self.engine.run(fn, x, scale=m.scale, align=m.align, overlap=m.overlap,
+            return self.engine.run(self.module, x, scale=m.scale, align=m.align, overlap=m.overlap,
                                    tileable=m.tileable, precision=self.precision,
                                    progress=progress, cancel=cancel)
         finally:
             self.seconds += time.perf_counter() - start
 
-    def _conditioning(self, batch: int, sigma: float | None) -> dict[str, torch.Tensor]:
-        cond: dict[str, torch.Tensor] = {}
-        if "sigma" in self.manifest.conditioning:
-            if sigma is None:
-                raise InputError(f"model {self.manifest.id!r} needs the noise level: give sigma")
-            cond["sigma"] = torch.full((batch,), float(sigma), dtype=torch.float32)
-        return cond
+    @property
+    def needs_sigma(self) -> bool:
+        return "sigma" in self.manifest.conditioning
+
+    def _with_noise_map(self, x: torch.Tensor, sigma: float | np.ndarray | None,
+                        planes: np.ndarray, cfa: bool) -> torch.Tensor:
+        """Append the noise-σ map channel a noise-conditioned model takes (estimated if not given)."""
+        if not self.needs_sigma:
+            return x
+        if sigma is None:
+            sigma = estimate_sigma(planes, cfa=cfa)
+        if isinstance(sigma, np.ndarray):
+            if sigma.shape != tuple(x.shape[-2:]):
+                raise InputError(f"noise map of shape {sigma.shape} does not match the image {tuple(x.shape[-2:])}")
+            noise = torch.from_numpy(np.ascontiguousarray(sigma, dtype=np.float32)).expand(x.shape[0], 1, -1, -1)
+        else:
+            check_range(float(sigma), 0.0, 1.0, "sigma")
+            noise = torch.full((x.shape[0], 1, *x.shape[-2:]), float(sigma), dtype=torch.float32)
+        return torch.cat([x, noise], dim=1)
 
     # -- images ----------------------------------------------------------------------------------
-    def restore_image(self, image: np.ndarray, *, pattern: str = "RGGB", sigma: float | None = None,
+    def restore_image(self, image: np.ndarray, *, pattern: str = "RGGB",
+                      sigma: float | np.ndarray | None = None,
                       progress: ProgressCallback | None = None,
                       cancel: CancelToken | None = None) -> np.ndarray:
         """Restore one float image in ``[0, 1]``.
@@ -109,17 +117,22 @@ class Restorer:
             return self._restore_rgb(image[None], sigma, progress, cancel)[0]
         raise InputError(f"model {self.manifest.id!r} restores frame sequences; use restore_video")
 
-    def demosaic(self, mosaic: np.ndarray, *, pattern: str = "RGGB", sigma: float | None = None,
-                 progress: ProgressCallback | None = None,
+    def demosaic(self, mosaic: np.ndarray, *, pattern: str = "RGGB",
+                 sigma: float | np.ndarray | None = None, progress: ProgressCallback | None = None,
                  cancel: CancelToken | None = None) -> np.ndarray:
-        """``(H, W)`` Bayer mosaic of ``pattern`` (float, black 0, white 1) → ``(H, W, 3)`` RGB."""
+        """``(H, W)`` Bayer mosaic of ``pattern`` (float, black 0, white 1) → ``(H, W, 3)`` RGB.
+
+        ``sigma`` is the noise standard deviation (a number, or an ``(H, W)`` map for sensor noise)
+        for models conditioned on it; ``None`` estimates it from the mosaic.
+        """
         if self.manifest.input != "cfa":
             raise InputError(f"model {self.manifest.id!r} does not demosaic (it takes {self.manifest.input})")
         if mosaic.ndim != 2:
             raise InputError(f"a CFA mosaic must be a single-channel (H, W) image; got shape {mosaic.shape}")
         x = torch.from_numpy(np.ascontiguousarray(mosaic, dtype=np.float32))[None, None]
+        x = self._with_noise_map(x, sigma, mosaic, cfa=True)
         x, crop = to_rggb(x, pattern)
-        out = self._forward(x, progress, cancel, **self._conditioning(1, sigma))
+        out = self._forward(x, progress, cancel)
         out = from_rggb(out, crop)
         return out[0].permute(1, 2, 0).clamp_(0, 1).numpy()
 
@@ -143,7 +156,10 @@ class Restorer:
         else:
             raise InputError(f"model {m.id!r} takes {m.channels} channels; got {c}")
         t = torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float32)).permute(0, 3, 1, 2)
-        out = self._forward(t, progress, cancel, **self._conditioning(t.shape[0], sigma))
+        if self.needs_sigma:
+            t = torch.cat([self._with_noise_map(t[i:i + 1], sigma, planes[i], cfa=False)
+                           for i in range(t.shape[0])])
+        out = self._forward(t, progress, cancel)
         if m.output == "labels":
             return out[:, 0].round().to(torch.int64).numpy()
         res = out.permute(0, 2, 3, 1).numpy()
@@ -186,6 +202,10 @@ def develop_raw(raw: RawImage, restorer: Restorer, *, sigma: float | None = None
                 cancel: CancelToken | None = None) -> np.ndarray:
     """Develop a camera RAW mosaic to sRGB: levels, white balance, demosaic, colour matrix, gamma.
 
+    The mosaic is demosaiced in the sRGB-encoded domain that the models are trained in (a pointwise,
+    invertible step), then linearised for the camera-to-sRGB matrix. The noise a noise-conditioned
+    model is told about comes from ``sigma`` (in that encoded domain), else from the file's DNG
+    NoiseProfile carried through white balance and the encoding curve, else from an estimate.
     Returns ``(H, W, 3)`` float32 sRGB-encoded values in ``[0, 1]``.
     """
     mosaic = raw.normalized()
@@ -193,10 +213,18 @@ def develop_raw(raw: RawImage, restorer: Restorer, *, sigma: float | None = None
     gains = np.array(raw.wb_multipliers, dtype=np.float32)
     gain_map = np.tile(gains[channel_map(raw.pattern)], ((h + 1) // 2, (w + 1) // 2))[:h, :w]
     balanced = np.clip(mosaic * gain_map, 0.0, 1.0)
-    linear = restorer.demosaic(balanced, pattern=raw.pattern, sigma=sigma, progress=progress,
-                               cancel=cancel)
-    srgb_linear = linear @ raw.cam_to_srgb.T.astype(np.float32)
-    return srgb_gamma(srgb_linear)
+    encoded = srgb_gamma(balanced)
+    noise: float | np.ndarray | None = sigma
+    if noise is None and restorer.needs_sigma and raw.noise_profile is not None:
+        shot, offset = raw.noise_profile
+        # σ of the normalised value, scaled by the white-balance gain and the encoding's slope
+        linear_sigma = sensor_noise_map(mosaic, max(shot, 0.0), float(np.sqrt(max(offset, 0.0))))
+        slope = srgb_gamma_slope(bayer_block_mean(balanced))
+        noise = (linear_sigma * gain_map * slope).astype(np.float32)
+    encoded_rgb = restorer.demosaic(encoded, pattern=raw.pattern, sigma=noise, progress=progress,
+                                    cancel=cancel)
+    linear = srgb_linear(encoded_rgb) @ raw.cam_to_srgb.T.astype(np.float32)
+    return srgb_gamma(linear)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,7 +33,8 @@ def test_demosaic_protocol(photo_dir):
     assert noisy.mean["psnr"] < clean.mean["psnr"] - 5
     assert evaluate(r, "demosaic", photo_dir).mean == clean.mean  # seeded: reproducible
     data = json.loads(clean.to_json())
-    assert set(data) == {"task", "model", "protocol", "mean", "items", "seconds_per_mp"}
+    assert set(data) == {"task", "model", "protocol", "mean", "items", "seconds_per_mp", "megapixels"}
+    assert data["megapixels"] == pytest.approx((200 * 240 + 220 * 200) / 1e6)
     assert data["protocol"] == {"sigma": 0.0, "crop": 10, "seed": 0}
 
 

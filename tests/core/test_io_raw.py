@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
+from restore_app.core.archs.bilinear_demosaic import BilinearDemosaic
 from restore_app.core.cfa import PATTERNS
-from restore_app.core.color import srgb_gamma
-from restore_app.core.degrade import mosaic
+from restore_app.core.color import srgb_gamma, srgb_gamma_slope
+from restore_app.core.degrade import add_gaussian_noise, add_poisson_gaussian_noise, mosaic
 from restore_app.core.errors import InputError
 from restore_app.core.io import read_image, read_raw, to_float, write_image
-from restore_app.core.pipeline import Restorer, process_file
+from restore_app.core.pipeline import Restorer, develop_raw, process_file
+from restore_app.core.registry import LoadedModel, parse_manifest
 from tests.helpers import smooth_rgb, write_dng
 
 BLACK, WHITE = 256, 4095
@@ -82,3 +85,58 @@ def test_truncated_dng(tmp_path):
     dng.write_bytes(data[:200])
     with pytest.raises(InputError, match="t.dng"):
         read_raw(dng)
+
+
+class _NoiseRecorder(torch.nn.Module):
+    """Bilinear demosaicing that keeps the noise map it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bilinear = BilinearDemosaic()
+        self.seen: list[np.ndarray] = []
+
+    def forward(self, x):
+        self.seen.append(x[0, 1].numpy().copy())
+        return self.bilinear(x[:, :1])
+
+
+def _recording_restorer():
+    manifest = parse_manifest({"id": "recorder", "task": "demosaic", "name": "r", "architecture": "identity",
+                               "input": "cfa", "conditioning": ["sigma"], "align": 2, "tileable": False,
+                               "license": "MIT", "training_data": "none"})
+    module = _NoiseRecorder()
+    return Restorer(LoadedModel(manifest, module)), module
+
+
+def test_noise_profile_drives_the_noise_map(tmp_path):
+    shot, offset = 2e-4, 1e-6
+    lin = np.full((64, 64, 3), 0.02, np.float32)
+    lin[:, 32:] = 0.5  # a dark half and a bright half
+    clean = (_raw_counts(lin, "RGGB").astype(np.float32) - BLACK) / (WHITE - BLACK)
+    noisy = np.clip(add_poisson_gaussian_noise(clean, shot, np.sqrt(offset), seed=0), 0, 1)
+    counts = np.rint(BLACK + noisy * (WHITE - BLACK)).astype(np.uint16)
+    dng = write_dng(tmp_path / "n.dng", counts, "RGGB", BLACK, WHITE, noise_profile=(shot, offset))
+    raw = read_raw(dng)
+    assert raw.noise_profile == pytest.approx((shot, offset))
+    restorer, module = _recording_restorer()
+    develop_raw(raw, restorer)
+    noise = module.seen[-1]
+    expected = [srgb_gamma_slope(np.float32(v)) * np.sqrt(shot * v + offset) for v in (0.02, 0.5)]
+    assert np.median(noise[8:-8, 8:24]) == pytest.approx(expected[0], rel=0.15)
+    assert np.median(noise[8:-8, 40:56]) == pytest.approx(expected[1], rel=0.15)
+    # the encoding curve is steep in the shadows: the dark half carries the larger σ
+    assert np.median(noise[:, :32]) > np.median(noise[:, 32:])
+
+
+def test_without_a_profile_sigma_is_estimated(tmp_path):
+    lin = smooth_rgb(64, 64)
+    clean = (_raw_counts(lin, "RGGB").astype(np.float32) - BLACK) / (WHITE - BLACK)
+    noisy = add_gaussian_noise(clean, 0.01, seed=1)
+    counts = np.rint(BLACK + np.clip(noisy, 0, 1) * (WHITE - BLACK)).astype(np.uint16)
+    raw = read_raw(write_dng(tmp_path / "e.dng", counts, "RGGB", BLACK, WHITE))
+    assert raw.noise_profile is None
+    restorer, module = _recording_restorer()
+    develop_raw(raw, restorer)
+    assert np.ptp(module.seen[-1]) == 0 and module.seen[-1].max() > 0.005  # one estimated constant
+    develop_raw(raw, restorer, sigma=0.03)
+    assert np.allclose(module.seen[-1], 0.03)

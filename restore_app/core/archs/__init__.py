@@ -13,4 +13,5 @@ ARCHITECTURES: dict[str, str] = {
     "opencv_demosaic": "restore_app.core.archs.opencv_demosaic:OpenCVDemosaic",
     "bicubic": "restore_app.core.archs.bicubic:Bicubic",
     "he_watershed": "restore_app.core.archs.he_watershed:HEWatershed",
+    "demosaic_net": "restore_app.core.archs.demosaic_net:DemosaicNet",
 }

@@ -27,7 +27,9 @@ class RawImage:
     ``mosaic`` is ``(H, W)`` ``uint16`` (the visible area); ``pattern`` names its top-left 2×2 block
     (``"RGGB"``, ``"BGGR"``, ``"GRBG"`` or ``"GBRG"``); ``black_level`` is the 2×2 block of black
     levels at the same positions; ``wb_multipliers`` are (R, G, B) gains with G = 1;
-    ``cam_to_srgb`` maps white-balanced camera RGB to linear sRGB.
+    ``cam_to_srgb`` maps white-balanced camera RGB to linear sRGB. ``noise_profile`` is the DNG
+    NoiseProfile ``(S, O)`` when the file has one: the noise variance of a normalized value ``x`` is
+    ``S·x + O``.
     """
 
     mosaic: np.ndarray
@@ -37,6 +39,7 @@ class RawImage:
     wb_multipliers: tuple[float, float, float]
     cam_to_srgb: np.ndarray
     path: Path | None = None
+    noise_profile: tuple[float, float] | None = None
     metadata: dict = field(default_factory=dict)
 
     def normalized(self) -> np.ndarray:
@@ -52,6 +55,22 @@ def cam_to_srgb_from_xyz(xyz_to_cam: np.ndarray) -> np.ndarray:
     cam_rgb = xyz_to_cam[:3, :3] @ SRGB_TO_XYZ
     cam_rgb = cam_rgb / cam_rgb.sum(axis=1, keepdims=True)
     return np.linalg.inv(cam_rgb)
+
+
+def dng_noise_profile(path: Path) -> tuple[float, float] | None:
+    """The DNG NoiseProfile tag (51041) as ``(S, O)``, averaged over planes; ``None`` if absent."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            for page in tif.pages:
+                tag = page.tags.get(51041)
+                if tag is not None:
+                    values = np.asarray(tag.value, dtype=np.float64).reshape(-1, 2)
+                    return float(values[:, 0].mean()), float(values[:, 1].mean())
+    except Exception:  # a RAW format tifffile cannot parse simply has no DNG profile
+        return None
+    return None
 
 
 def read_raw(path: str | Path) -> RawImage:
@@ -109,6 +128,7 @@ def read_raw(path: str | Path) -> RawImage:
         raise
     except (rawpy.LibRawError, OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot read as camera RAW ({type(exc).__name__}: {exc})") from exc
+    profile = dng_noise_profile(path) if path.suffix.lower() == ".dng" else None
     return RawImage(mosaic=mosaic, pattern=pattern, black_level=black, white_level=white,
                     wb_multipliers=tuple(float(g) for g in gains), cam_to_srgb=cam_to_srgb,
-                    path=path, metadata=metadata)
+                    path=path, noise_profile=profile, metadata=metadata)

@@ -1,0 +1,173 @@
+"""``restore bench``: methods compared in one run on the same images, printed as a table.
+
+The demosaicing bench runs, for each method, the ``restore eval`` demosaic protocol on each data set
+at each noise level. Besides registered models it runs the published anchors, which need the
+optional ``bench`` extra (``pip install -e '.[bench]'``): Malvar 2004 and Menon 2007 from
+``colour-demosaicing``, and the network Gharbi et al. released (``demosaicnet``'s ``bayer.pth``). An
+anchor whose package is missing is listed as such rather than stopping the bench.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from restore_app.core.checks import check_tensor
+from restore_app.core.engine import Engine, EngineConfig
+from restore_app.core.evaluate import DemosaicProtocol, evaluate
+from restore_app.core.jobs import CancelToken
+from restore_app.core.pipeline import Restorer
+from restore_app.core.registry import LoadedModel, Registry, default_registry, parse_manifest
+
+
+class ColourDemosaic(nn.Module):
+    """``colour-demosaicing``'s Malvar (2004) or Menon (2007) on an RGGB mosaic, through numpy."""
+
+    def __init__(self, method: str) -> None:
+        super().__init__()
+        with warnings.catch_warnings():  # colour-science warns that matplotlib is absent
+            warnings.simplefilter("ignore")
+            import colour_demosaicing as cd
+
+        self.fn = {"malvar": cd.demosaicing_CFA_Bayer_Malvar2004,
+                   "menon": cd.demosaicing_CFA_Bayer_Menon2007}[method]
+
+    def forward(self, mosaic: torch.Tensor) -> torch.Tensor:
+        check_tensor(mosaic, "mosaic", ndim=4, channels=1)
+        arr = mosaic.detach().double().cpu().numpy()[:, 0]
+        out = np.stack([self.fn(m, "RGGB") for m in arr]).astype(np.float32)
+        return torch.from_numpy(out).permute(0, 3, 1, 2).to(mosaic.device)
+
+
+class GharbiReleased(nn.Module):
+    """The network released by Gharbi et al. 2016 (``demosaicnet`` 0.0.14, ``bayer.pth``), noise-free.
+
+    It takes a GRBG mosaic spread over three channels and loses 31 pixels a side to unpadded
+    convolutions, so the RGGB input is shifted one column (reflected) and reflect-padded by 32.
+    """
+
+    PAD = 32
+
+    def __init__(self) -> None:
+        super().__init__()
+        import importlib.resources
+
+        with warnings.catch_warnings():  # demosaicnet imports the deprecated pkg_resources
+            warnings.simplefilter("ignore")
+            from demosaicnet.modules import BayerDemosaick
+
+        self.net = BayerDemosaick(pretrained=False, pad=False)
+        weights = importlib.resources.files("demosaicnet") / "data" / "bayer.pth"
+        with importlib.resources.as_file(weights) as path:
+            self.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        mask = torch.zeros(3, 2, 2)  # GRBG: G R / B G
+        mask[1, 0, 0] = mask[1, 1, 1] = 1
+        mask[0, 0, 1] = 1
+        mask[2, 1, 0] = 1
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, mosaic: torch.Tensor) -> torch.Tensor:
+        check_tensor(mosaic, "mosaic", ndim=4, channels=1)
+        h, w = mosaic.shape[-2:]
+        x = F.pad(mosaic, (1, 0, 0, 0), mode="reflect")  # RGGB shifted one column is GRBG
+        p = self.PAD
+        x = F.pad(x, (p, p + (w + 1) % 2, p, p + h % 2), mode="reflect")
+        hh, ww = x.shape[-2:]
+        spread = x * self.mask.repeat(1, hh // 2, ww // 2)[None].to(x.dtype)
+        out = self.net(spread)
+        off = (hh - out.shape[-2]) // 2
+        top, left = p - off, p + 1 - off
+        return out[..., top:top + h, left:left + w]
+
+
+@dataclass(frozen=True)
+class Anchor:
+    label: str
+    build: Callable[[], nn.Module]
+    extra: str
+
+
+DEMOSAIC_ANCHORS = (
+    Anchor("Malvar 2004", lambda: ColourDemosaic("malvar"), "colour-demosaicing"),
+    Anchor("Menon 2007", lambda: ColourDemosaic("menon"), "colour-demosaicing"),
+    Anchor("Gharbi 2016 (released)", GharbiReleased, "demosaicnet"),
+)
+
+
+def _anchor_restorer(anchor: Anchor, engine: Engine) -> Restorer:
+    manifest = parse_manifest({"id": anchor.label.lower().replace(" ", "-").replace("(", "").replace(")", ""),
+                               "task": "demosaic", "name": anchor.label, "architecture": "identity",
+                               "input": "cfa", "align": 2, "tileable": False, "overlap": 0,
+                               "license": "see the package", "training_data": "see the package"})
+    return Restorer(LoadedModel(manifest, anchor.build()), engine)
+
+
+@dataclass
+class BenchRow:
+    method: str
+    cells: dict[str, dict[str, float]] = field(default_factory=dict)  # "data σ" → mean metrics
+    seconds_per_mp: float | None = None
+    note: str = ""
+
+
+def bench_demosaic(models: Sequence[str], data: dict[str, Path], sigmas: Sequence[float] = (0, 10, 20),
+                   anchors: bool = True, engine: Engine | None = None, registry: Registry | None = None,
+                   log: Callable[[str], None] = print, cancel: CancelToken | None = None) -> list[BenchRow]:
+    """Every method × data set × σ by the demosaic eval protocol. Seconds per megapixel are the
+    model time over all runs of a method divided by the megapixels processed."""
+    registry = registry or default_registry()
+    engine = engine or Engine(EngineConfig())
+    methods: list[tuple[str, Callable[[], Restorer]]] = [
+        (m, lambda m=m: Restorer(registry.load(m), engine)) for m in models]
+    if anchors:
+        methods += [(a.label, lambda a=a: _anchor_restorer(a, engine)) for a in DEMOSAIC_ANCHORS]
+    rows = []
+    for label, make in methods:
+        row = BenchRow(label)
+        try:
+            restorer = make()
+        except ImportError as exc:
+            row.note = f"not run: {exc.name or exc} is not installed (pip install -e '.[bench]')"
+            log(f"{label}: {row.note}")
+            rows.append(row)
+            continue
+        seconds = mp = 0.0
+        for name, folder in data.items():
+            for sigma in sigmas:
+                report = evaluate(restorer, "demosaic", folder, DemosaicProtocol(sigma=sigma), cancel=cancel)
+                row.cells[f"{name} σ={sigma:g}"] = report.mean
+                seconds += report.seconds_per_mp * report.megapixels
+                mp += report.megapixels
+                log(f"{label:28s} {name:14s} σ={sigma:<3g} PSNR {report.mean['psnr']:.2f} "
+                    f"SSIM {report.mean['ssim']:.4f} ({report.seconds_per_mp:.3f} s/MP)")
+        row.seconds_per_mp = seconds / mp if mp else None
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[BenchRow]) -> str:
+    """A Markdown table: one row per method, ``PSNR / SSIM`` per data set and σ, then s/MP."""
+    columns = list(dict.fromkeys(c for r in rows for c in r.cells))
+    lines = ["| method | " + " | ".join(columns) + " | s/MP |",
+             "|---|" + "---|" * len(columns) + "---|"]
+    for r in rows:
+        if r.note:
+            lines.append(f"| {r.method} | " + " | ".join("–" for _ in columns) + f" | {r.note} |")
+            continue
+        cells = [f"{r.cells[c]['psnr']:.2f} / {r.cells[c]['ssim']:.4f}" if c in r.cells else "–" for c in columns]
+        sec = f"{r.seconds_per_mp:.3f}" if r.seconds_per_mp is not None else "–"
+        lines.append(f"| {r.method} | " + " | ".join(cells) + f" | {sec} |")
+    return "\n".join(lines)
+
+
+def rows_to_json(rows: list[BenchRow]) -> str:
+    return json.dumps([{"method": r.method, "cells": r.cells, "seconds_per_mp": r.seconds_per_mp,
+                        "note": r.note} for r in rows], indent=2)

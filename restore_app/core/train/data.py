@@ -1,0 +1,82 @@
+"""Training images in memory, random patches, and the augmentations every task shares."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from restore_app.core.degrade import downsample
+from restore_app.core.errors import InputError
+from restore_app.core.evaluate import list_images
+from restore_app.core.io import read_image, to_float
+
+
+def image_files(folders: Sequence[Path], exclude: Collection[Path] = ()) -> list[Path]:
+    """Image files directly in ``folders`` (natural order), less the ``exclude`` paths."""
+    skip = {Path(p).resolve() for p in exclude}
+    return [p for folder in folders for p in list_images(Path(folder)) if p.resolve() not in skip]
+
+
+def load_images(paths: Sequence[Path], downscale: int = 1) -> list[np.ndarray]:
+    """Read images as float RGB in [0, 1], shrunk ×``downscale`` with MATLAB bicubic.
+
+    Shrinking by 2 or more removes the traces of the camera's own demosaicing and JPEG, so they do
+    not become part of the "clean" target.
+    """
+    if not paths:
+        raise InputError("no training images given")
+    images = []
+    for path in paths:
+        img = to_float(read_image(path))
+        img = img[..., :3] if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
+        if downscale > 1:
+            img = np.clip(downsample(img, downscale), 0.0, 1.0)
+        images.append(np.ascontiguousarray(img, dtype=np.float32))
+    return images
+
+
+def dihedral(patch: np.ndarray, k: int) -> np.ndarray:
+    """One of the 8 flips/rotations of a square patch (``k`` in 0..7)."""
+    out = np.rot90(patch, k % 4)
+    return out[:, ::-1] if k >= 4 else out
+
+
+@dataclass(frozen=True)
+class Jitter:
+    """Photometric augmentation: exposure gain (log-uniform in ``[1/exposure, exposure]``) and
+    per-channel colour gains in ``[1 - colour, 1 + colour]``, clipped to [0, 1]."""
+
+    exposure: float = 1.4
+    colour: float = 0.15
+
+    def __call__(self, patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        gain = np.exp(rng.uniform(-np.log(self.exposure), np.log(self.exposure)))
+        if patch.ndim == 3 and self.colour > 0:
+            gain = gain * rng.uniform(1 - self.colour, 1 + self.colour, size=patch.shape[2])
+        return np.clip(patch * np.float32(1) * gain, 0.0, 1.0).astype(np.float32)
+
+
+class PatchSampler:
+    """Random ``size``×``size`` patches from a pool of images, weighted by image area, with the 8
+    dihedral transforms and an optional :class:`Jitter`."""
+
+    def __init__(self, images: list[np.ndarray], size: int, jitter: Jitter | None = None) -> None:
+        self.images = [im for im in images if min(im.shape[:2]) >= size]
+        if not self.images:
+            raise InputError(f"no training image is at least {size}×{size} pixels")
+        areas = np.array([im.shape[0] * im.shape[1] for im in self.images], dtype=np.float64)
+        self.weights = areas / areas.sum()
+        self.size = size
+        self.jitter = jitter
+
+    def __call__(self, rng: np.random.Generator) -> np.ndarray:
+        img = self.images[rng.choice(len(self.images), p=self.weights)]
+        y = rng.integers(0, img.shape[0] - self.size + 1)
+        x = rng.integers(0, img.shape[1] - self.size + 1)
+        patch = dihedral(img[y:y + self.size, x:x + self.size], int(rng.integers(8)))
+        if self.jitter is not None:
+            patch = self.jitter(patch, rng)
+        return np.ascontiguousarray(patch, dtype=np.float32)

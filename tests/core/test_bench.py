@@ -1,0 +1,53 @@
+"""The bench's anchors (run only where the optional `bench` extra is installed) and its table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from restore_app.core.bench import BenchRow, bench_demosaic, format_table
+from restore_app.core.degrade import mosaic
+from restore_app.core.io import to_float, write_image
+from restore_app.core.metrics import psnr
+
+
+def test_table_and_missing_anchor_note():
+    rows = [BenchRow("a", {"X σ=0": {"psnr": 30.0, "ssim": 0.9}}, 0.5),
+            BenchRow("b", note="not run: x is not installed")]
+    table = format_table(rows)
+    assert "| a | 30.00 / 0.9000 | 0.500 |" in table
+    assert "not run: x is not installed" in table
+
+
+def test_bench_runs_models_on_the_same_images(tmp_path, coffee):
+    write_image(tmp_path / "a.png", coffee[:200, :200])
+    logs = []
+    rows = bench_demosaic(["bilinear-demosaic", "opencv-vng-demosaic"], {"tiny": tmp_path}, sigmas=(0, 10),
+                          anchors=False, log=logs.append)
+    assert [r.method for r in rows] == ["bilinear-demosaic", "opencv-vng-demosaic"]
+    assert set(rows[0].cells) == {"tiny σ=0", "tiny σ=10"}
+    assert rows[0].cells["tiny σ=10"]["psnr"] < rows[0].cells["tiny σ=0"]["psnr"]
+    assert rows[0].seconds_per_mp > 0 and len(logs) == 4
+
+
+def test_gharbi_anchor_demosaics(coffee):
+    pytest.importorskip("demosaicnet")
+    from restore_app.core.bench import GharbiReleased
+
+    net = GharbiReleased().eval()
+    rgb = to_float(coffee[:130, :151])  # odd sizes exercise the shift and padding
+    with torch.no_grad():
+        out = net(torch.from_numpy(mosaic(rgb, "RGGB"))[None, None])[0].permute(1, 2, 0).numpy()
+    assert out.shape == rgb.shape
+    assert psnr(rgb[10:-10, 10:-10], np.clip(out, 0, 1)[10:-10, 10:-10]) > 33  # far above bilinear
+
+
+def test_colour_anchors(coffee):
+    pytest.importorskip("colour_demosaicing")
+    from restore_app.core.bench import ColourDemosaic
+
+    rgb = to_float(coffee[:100, :120])
+    for method in ("malvar", "menon"):
+        out = ColourDemosaic(method)(torch.from_numpy(mosaic(rgb, "RGGB"))[None, None])[0].permute(1, 2, 0).numpy()
+        assert psnr(rgb[8:-8, 8:-8], np.clip(out, 0, 1)[8:-8, 8:-8]) > 28
