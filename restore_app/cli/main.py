@@ -69,13 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
 
     p = sub.add_parser("bench", help="compare methods in one run on the same images (prints a table)")
-    p.add_argument("task", choices=("demosaic",))
+    p.add_argument("task", choices=("demosaic", "jpeg"))
     p.add_argument("--models", nargs="+", default=None,
                    help="registered models to compare (default: every model of the task)")
     p.add_argument("--data", nargs="+", default=None, metavar="NAME=DIR",
                    help="data sets (default: mcmaster and bsds500/test from the shared datasets)")
-    p.add_argument("--sigmas", nargs="+", type=float, default=[0, 10, 20], help="noise levels, 8-bit units")
-    p.add_argument("--no-anchors", action="store_true", help="skip the published anchors")
+    p.add_argument("--sigmas", nargs="+", type=float, default=[0, 10, 20], help="demosaic: noise σ, 8-bit units")
+    p.add_argument("--qualities", nargs="+", type=int, default=[10, 20, 30, 40, 90], help="jpeg: qualities")
+    p.add_argument("--no-anchors", action="store_true", help="demosaic: skip the published anchors")
     p.add_argument("--json", type=Path, default=None, dest="json_file", help="write the results here")
     _engine_args(p)
 
@@ -91,8 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _train_tasks() -> dict:
     """Task name → (config dataclass, module path of its task class); imported lazily."""
     from restore_app.core.train.demosaic import DemosaicTrainConfig
+    from restore_app.core.train.jpeg import JpegTrainConfig
 
-    return {"demosaic": (DemosaicTrainConfig, "restore_app.core.train.demosaic:DemosaicTask")}
+    return {"demosaic": (DemosaicTrainConfig, "restore_app.core.train.demosaic:DemosaicTask"),
+            "jpeg": (JpegTrainConfig, "restore_app.core.train.jpeg:JpegTask")}
 
 
 def _dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
@@ -264,7 +267,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from restore_app.core.bench import bench_demosaic, format_table, rows_to_json
+    from restore_app.core.bench import bench_demosaic, bench_jpeg, format_table, rows_to_json
     from restore_app.core.errors import InputError
     from restore_app.core.io.atomic import atomic_output
     from restore_app.core.paths import datasets_dir
@@ -281,9 +284,13 @@ def cmd_bench(args) -> int:
         root = datasets_dir()
         if root is None:
             raise InputError("no shared datasets found: give --data NAME=DIR or set RESTORE_DATA")
-        data = {"McMaster": root / "mcmaster", "BSDS500 test": root / "bsds500" / "test"}
+        first = {"demosaic": ("McMaster", root / "mcmaster"), "jpeg": ("Classic5", root / "classic5")}[args.task]
+        data = {first[0]: first[1], "BSDS500 test": root / "bsds500" / "test"}
     models = args.models or [m.id for m in default_registry().manifests(args.task)]
-    rows = bench_demosaic(models, data, args.sigmas, anchors=not args.no_anchors, engine=_engine(args))
+    if args.task == "demosaic":
+        rows = bench_demosaic(models, data, args.sigmas, anchors=not args.no_anchors, engine=_engine(args))
+    else:
+        rows = bench_jpeg(models, data, args.qualities, engine=_engine(args))
     print()
     print(format_table(rows))
     if args.json_file is not None:

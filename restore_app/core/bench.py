@@ -1,7 +1,7 @@
 """``restore bench``: methods compared in one run on the same images, printed as a table.
 
-The demosaicing bench runs, for each method, the ``restore eval`` demosaic protocol on each data set
-at each noise level. Besides registered models it runs the published anchors, which need the
+Each bench runs, for each method, the task's ``restore eval`` protocol on each data set at each
+setting (noise level, JPEG quality). Besides registered models it runs the published anchors, which need the
 optional ``bench`` extra (``pip install -e '.[bench]'``): Malvar 2004 and Menon 2007 from
 ``colour-demosaicing``, and the network Gharbi et al. released (``demosaicnet``'s ``bayer.pth``). An
 anchor whose package is missing is listed as such rather than stopping the bench.
@@ -22,7 +22,7 @@ from torch import nn
 
 from restore_app.core.checks import check_tensor
 from restore_app.core.engine import Engine, EngineConfig
-from restore_app.core.evaluate import DemosaicProtocol, evaluate
+from restore_app.core.evaluate import DemosaicProtocol, JpegProtocol, Protocol, evaluate
 from restore_app.core.jobs import CancelToken
 from restore_app.core.pipeline import Restorer
 from restore_app.core.registry import LoadedModel, Registry, default_registry, parse_manifest
@@ -113,22 +113,23 @@ def _anchor_restorer(anchor: Anchor, engine: Engine) -> Restorer:
 @dataclass
 class BenchRow:
     method: str
-    cells: dict[str, dict[str, float]] = field(default_factory=dict)  # "data σ" → mean metrics
+    cells: dict[str, dict[str, float]] = field(default_factory=dict)  # "data setting" → mean metrics
     seconds_per_mp: float | None = None
+    parameters: int | None = None
     note: str = ""
 
 
-def bench_demosaic(models: Sequence[str], data: dict[str, Path], sigmas: Sequence[float] = (0, 10, 20),
-                   anchors: bool = True, engine: Engine | None = None, registry: Registry | None = None,
-                   log: Callable[[str], None] = print, cancel: CancelToken | None = None) -> list[BenchRow]:
-    """Every method × data set × σ by the demosaic eval protocol. Seconds per megapixel are the
-    model time over all runs of a method divided by the megapixels processed."""
-    registry = registry or default_registry()
-    engine = engine or Engine(EngineConfig())
-    methods: list[tuple[str, Callable[[], Restorer]]] = [
-        (m, lambda m=m: Restorer(registry.load(m), engine)) for m in models]
-    if anchors:
-        methods += [(a.label, lambda a=a: _anchor_restorer(a, engine)) for a in DEMOSAIC_ANCHORS]
+Setting = tuple[str, Protocol]
+
+
+def run_bench(task: str, methods: Sequence[tuple[str, Callable[[], Restorer]]], data: dict[str, Path],
+              settings: Sequence[Setting], log: Callable[[str], None] = print,
+              cancel: CancelToken | None = None) -> list[BenchRow]:
+    """Every method × data set × setting by the task's eval protocol, in one run on the same images.
+
+    Seconds per megapixel are the model time over all runs of a method divided by the megapixels
+    processed. A method whose package is missing (``ImportError``) becomes a row saying so.
+    """
     rows = []
     for label, make in methods:
         row = BenchRow(label)
@@ -139,35 +140,63 @@ def bench_demosaic(models: Sequence[str], data: dict[str, Path], sigmas: Sequenc
             log(f"{label}: {row.note}")
             rows.append(row)
             continue
+        row.parameters = sum(p.numel() for p in restorer.module.parameters())
         seconds = mp = 0.0
         for name, folder in data.items():
-            for sigma in sigmas:
-                report = evaluate(restorer, "demosaic", folder, DemosaicProtocol(sigma=sigma), cancel=cancel)
-                row.cells[f"{name} σ={sigma:g}"] = report.mean
+            for setting, protocol in settings:
+                report = evaluate(restorer, task, folder, protocol, cancel=cancel)
+                row.cells[f"{name} {setting}"] = report.mean
                 seconds += report.seconds_per_mp * report.megapixels
                 mp += report.megapixels
-                log(f"{label:28s} {name:14s} σ={sigma:<3g} PSNR {report.mean['psnr']:.2f} "
+                log(f"{label:28s} {name:14s} {setting:6s} PSNR {report.mean['psnr']:.2f} "
                     f"SSIM {report.mean['ssim']:.4f} ({report.seconds_per_mp:.3f} s/MP)")
         row.seconds_per_mp = seconds / mp if mp else None
         rows.append(row)
     return rows
 
 
+def _registered(models: Sequence[str], engine: Engine, registry: Registry) -> list[tuple[str, Callable[[], Restorer]]]:
+    return [(m, lambda m=m: Restorer(registry.load(m), engine)) for m in models]
+
+
+def bench_demosaic(models: Sequence[str], data: dict[str, Path], sigmas: Sequence[float] = (0, 10, 20),
+                   anchors: bool = True, engine: Engine | None = None, registry: Registry | None = None,
+                   log: Callable[[str], None] = print, cancel: CancelToken | None = None) -> list[BenchRow]:
+    """Demosaicing: registered models and (optionally) the published anchors at each σ."""
+    engine = engine or Engine(EngineConfig())
+    methods = _registered(models, engine, registry or default_registry())
+    if anchors:
+        methods += [(a.label, lambda a=a: _anchor_restorer(a, engine)) for a in DEMOSAIC_ANCHORS]
+    settings = [(f"σ={s:g}", DemosaicProtocol(sigma=s)) for s in sigmas]
+    return run_bench("demosaic", methods, data, settings, log, cancel)
+
+
+def bench_jpeg(models: Sequence[str], data: dict[str, Path], qualities: Sequence[int] = (10, 20, 30, 40, 90),
+               engine: Engine | None = None, registry: Registry | None = None,
+               log: Callable[[str], None] = print, cancel: CancelToken | None = None) -> list[BenchRow]:
+    """JPEG artifact removal at each quality (``jpeg-identity`` is the compressed input itself)."""
+    engine = engine or Engine(EngineConfig())
+    settings = [(f"q={q}", JpegProtocol(quality=q)) for q in qualities]
+    return run_bench("jpeg", _registered(models, engine, registry or default_registry()), data, settings,
+                     log, cancel)
+
+
 def format_table(rows: list[BenchRow]) -> str:
-    """A Markdown table: one row per method, ``PSNR / SSIM`` per data set and σ, then s/MP."""
+    """A Markdown table: one row per method, ``PSNR / SSIM`` per data set and setting, then s/MP
+    and the parameter count."""
     columns = list(dict.fromkeys(c for r in rows for c in r.cells))
-    lines = ["| method | " + " | ".join(columns) + " | s/MP |",
-             "|---|" + "---|" * len(columns) + "---|"]
+    lines = ["| method | " + " | ".join(columns) + " | s/MP | parameters |",
+             "|---|" + "---|" * len(columns) + "---|---|"]
     for r in rows:
         if r.note:
-            lines.append(f"| {r.method} | " + " | ".join("–" for _ in columns) + f" | {r.note} |")
+            lines.append(f"| {r.method} | " + " | ".join("–" for _ in columns) + f" | – | {r.note} |")
             continue
         cells = [f"{r.cells[c]['psnr']:.2f} / {r.cells[c]['ssim']:.4f}" if c in r.cells else "–" for c in columns]
         sec = f"{r.seconds_per_mp:.3f}" if r.seconds_per_mp is not None else "–"
-        lines.append(f"| {r.method} | " + " | ".join(cells) + f" | {sec} |")
+        lines.append(f"| {r.method} | " + " | ".join(cells) + f" | {sec} | {r.parameters:,} |")
     return "\n".join(lines)
 
 
 def rows_to_json(rows: list[BenchRow]) -> str:
     return json.dumps([{"method": r.method, "cells": r.cells, "seconds_per_mp": r.seconds_per_mp,
-                        "note": r.note} for r in rows], indent=2)
+                        "parameters": r.parameters, "note": r.note} for r in rows], indent=2)

@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from restore_app.core.bench import BenchRow, bench_demosaic, format_table
+from restore_app.core.bench import BenchRow, bench_demosaic, bench_jpeg, format_table
 from restore_app.core.degrade import mosaic
 from restore_app.core.io import to_float, write_image
 from restore_app.core.metrics import psnr
 
 
 def test_table_and_missing_anchor_note():
-    rows = [BenchRow("a", {"X σ=0": {"psnr": 30.0, "ssim": 0.9}}, 0.5),
+    rows = [BenchRow("a", {"X σ=0": {"psnr": 30.0, "ssim": 0.9}}, 0.5, 1234),
             BenchRow("b", note="not run: x is not installed")]
     table = format_table(rows)
-    assert "| a | 30.00 / 0.9000 | 0.500 |" in table
+    assert "| a | 30.00 / 0.9000 | 0.500 | 1,234 |" in table
     assert "not run: x is not installed" in table
 
 
@@ -51,3 +51,11 @@ def test_colour_anchors(coffee):
     for method in ("malvar", "menon"):
         out = ColourDemosaic(method)(torch.from_numpy(mosaic(rgb, "RGGB"))[None, None])[0].permute(1, 2, 0).numpy()
         assert psnr(rgb[8:-8, 8:-8], np.clip(out, 0, 1)[8:-8, 8:-8]) > 28
+
+
+def test_jpeg_bench_input_versus_model(tmp_path, coffee):
+    write_image(tmp_path / "a.png", coffee[:160, :200])
+    rows = bench_jpeg(["jpeg-identity"], {"tiny": tmp_path}, qualities=(10, 90), log=lambda s: None)
+    cells = rows[0].cells
+    assert set(cells) == {"tiny q=10", "tiny q=90"} and cells["tiny q=90"]["psnr"] > cells["tiny q=10"]["psnr"]
+    assert rows[0].parameters == 0

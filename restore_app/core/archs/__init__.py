@@ -14,4 +14,5 @@ ARCHITECTURES: dict[str, str] = {
     "bicubic": "restore_app.core.archs.bicubic:Bicubic",
     "he_watershed": "restore_app.core.archs.he_watershed:HEWatershed",
     "demosaic_net": "restore_app.core.archs.demosaic_net:DemosaicNet",
+    "jpeg_unet": "restore_app.core.archs.jpeg_unet:JpegUNet",
 }

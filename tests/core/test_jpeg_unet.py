@@ -1,0 +1,59 @@
+"""The JPEG network: any size, starts as the identity, grey as R = G = B; the JPEG training task."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from restore_app.core.archs.jpeg_unet import JpegUNet
+from restore_app.core.errors import InputError
+from restore_app.core.io import write_image
+from restore_app.core.train.jpeg import JpegTask, JpegTrainConfig
+
+
+def test_any_size_and_identity_start():
+    torch.manual_seed(0)
+    net = JpegUNet(widths=(16, 32, 32), blocks=(1, 1, 1)).eval()
+    for h, w in ((8, 8), (37, 53), (64, 48)):
+        x = torch.rand(2, 3, h, w)
+        with torch.no_grad():
+            y = net(x)
+        assert y.shape == x.shape
+        assert (y - x).abs().max() < 0.02  # the correction starts near zero
+    with pytest.raises(InputError, match="3 channels"):
+        net(torch.rand(1, 1, 16, 16))
+
+
+def test_default_size_fits_the_budget():
+    params = sum(p.numel() for p in JpegUNet().parameters())
+    assert params <= 2_000_000
+
+
+@pytest.fixture
+def jpeg_task(tmp_path, coffee, astronaut):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i, img in enumerate((coffee, astronaut, coffee[::-1])):
+        write_image(d / f"{i}.png", np.ascontiguousarray(img[:200, :240]))
+    cfg = JpegTrainConfig(data=(d,), val_holdout=1, patch=64, widths="16,16,16", blocks="1,1,1",
+                          grey_prob=0.5, double_prob=0.5)
+    return JpegTask(cfg)
+
+
+def test_batches_are_jpeg_pairs(jpeg_task):
+    x, y = jpeg_task.batch(np.random.default_rng(0), 12)
+    assert x.shape == y.shape == (12, 3, 64, 64)
+    assert x.dtype == torch.float32 and 0 <= float(x.min()) and float(x.max()) <= 1
+    err = (x - y).abs().mean(dim=(1, 2, 3))
+    assert (err > 0).all()  # every input was compressed
+    grey = [(t[0] == t[1]).all() and (t[1] == t[2]).all() for t in y]
+    assert 0 < sum(bool(g) for g in grey) < 12  # some grey, some colour
+    # target values are 8-bit levels
+    assert torch.allclose(y * 255, (y * 255).round(), atol=1e-3)
+
+
+def test_validation_scores(jpeg_task):
+    scores = jpeg_task.validate(jpeg_task.model, torch.device("cpu"), "fp32")
+    assert set(scores) == {"psnr_rgb_q10", "psnr_rgb_q30", "psnr_rgb_q90", "psnr_grey_q10", "score"}
+    assert scores["psnr_rgb_q90"] > scores["psnr_rgb_q10"]
