@@ -15,8 +15,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from restore_app.core.cfa import channel_masks
-from restore_app.core.degrade import add_gaussian_noise, downsample, jpeg_compress, mosaic
 from restore_app.core.engine import Engine
 from restore_app.core.io import read_image, to_float, write_image
 from restore_app.core.jobs import CancelToken, check_cancel
@@ -24,6 +22,7 @@ from restore_app.core.metrics import compare
 from restore_app.core.paths import resources_dir
 from restore_app.core.pipeline import Restorer
 from restore_app.core.registry import Registry, default_registry
+from restore_app.core.simulate import Degradation, simulate
 
 SAMPLE = "samples/coffee.png"
 
@@ -58,12 +57,6 @@ def comparison_strip(panels: list[tuple[str, np.ndarray]], height: int = 360) ->
     return np.concatenate(out[:-1], axis=1)
 
 
-def _visible_mosaic(m: np.ndarray, pattern: str) -> np.ndarray:
-    """Show a mosaic as the colours its sensor pixels recorded."""
-    masks = channel_masks(m.shape[0], m.shape[1], pattern)
-    return np.clip(np.moveaxis(masks, 0, -1) * m[..., None], 0, 1)
-
-
 def run_demo(out_dir: str | Path, engine: Engine | None = None, registry: Registry | None = None,
              sample: str | Path | None = None, cancel: CancelToken | None = None,
              log=print) -> list[DemoResult]:
@@ -72,40 +65,28 @@ def run_demo(out_dir: str | Path, engine: Engine | None = None, registry: Regist
     engine = engine or Engine()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    clean = to_float(read_image(sample or resources_dir() / SAMPLE))[..., :3]
-    h, w = clean.shape[0] // 4 * 4, clean.shape[1] // 4 * 4
-    clean = np.ascontiguousarray(clean[:h, :w])
+    clean = np.ascontiguousarray(to_float(read_image(sample or resources_dir() / SAMPLE))[..., :3])
     results: list[DemoResult] = []
-    for task in ("demosaic", "jpeg", "vsr"):
+    for degradation in (Degradation("mosaic", sigma=5), Degradation("jpeg", quality=15),
+                        Degradation("downscale", factor=4)):
         check_cancel(cancel)
-        candidates = registry.manifests(task)
-        if not candidates:
+        task = degradation.task
+        if not registry.manifests(task):
             continue
         manifest = registry.default(task)
+        if task == "vsr":
+            degradation = Degradation("downscale", factor=manifest.scale)
         restorer = Restorer(registry.load(manifest), engine)
-        if task == "demosaic":
-            sigma = 5 / 255
-            degraded_in = add_gaussian_noise(mosaic(clean, "RGGB"), sigma, seed=0)
-            shown = _visible_mosaic(np.clip(degraded_in, 0, 1), "RGGB")
-            label, psnr_in = "RGGB mosaic + noise σ=5/255", None
-            restored = restorer.restore_image(degraded_in, pattern="RGGB", sigma=sigma, cancel=cancel)
-        elif task == "jpeg":
-            degraded_in = jpeg_compress(clean, 15)
-            shown, label = degraded_in, "JPEG quality 15"
-            psnr_in = compare(clean, degraded_in).psnr
-            restored = restorer.restore_image(degraded_in, cancel=cancel)
-        else:
-            s = manifest.scale
-            degraded_in = np.clip(downsample(clean, s), 0, 1)
-            shown = np.repeat(np.repeat(degraded_in, s, axis=0), s, axis=1)
-            label, psnr_in = f"bicubic downscale ×{s}", None
-            restored = restorer.restore_image(degraded_in, cancel=cancel)
-        scores = compare(clean, restored)
+        sim = simulate(clean, degradation)
+        label, shown = degradation.describe(), sim.display
+        psnr_in = compare(sim.reference, sim.display).psnr if task == "jpeg" else None
+        restored = restorer.restore_image(sim.model_input, sigma=sim.sigma, cancel=cancel)
+        scores = compare(sim.reference, restored)
         files = []
         for name, img in (("degraded", shown), ("restored", restored)):
             files.append(str(write_image(out / f"{task}_{name}.png", img)))
         strip = comparison_strip([(f"input: {label}", shown), (f"{manifest.id}: {scores.psnr:.2f} dB", restored),
-                                  ("original", clean)])
+                                  ("original", sim.reference)])
         files.append(str(write_image(out / f"{task}_comparison.png", strip)))
         result = DemoResult(task=task, model=manifest.id, degradation=label, psnr_degraded=psnr_in,
                             psnr=scores.psnr, ssim=scores.ssim, ms_ssim=scores.ms_ssim,

@@ -9,7 +9,7 @@ chroma upscaled bicubically), alpha channels, clipping. :func:`process_file` goe
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +38,7 @@ from restore_app.core.io.atomic import check_output_dir
 from restore_app.core.io.formats import IMAGE_EXTENSIONS, VIDEO_OUTPUT_EXTENSIONS
 from restore_app.core.jobs import CancelToken, ProgressCallback, check_cancel
 from restore_app.core.noise import bayer_block_mean, estimate_sigma, sensor_noise_map
-from restore_app.core.registry import LoadedModel, Registry, default_registry
+from restore_app.core.registry import LoadedModel, ModelManifest, Registry, default_registry
 from restore_app.core.resize import imresize
 
 
@@ -191,6 +191,51 @@ class Restorer:
             return (np.rint(o * 255).astype(np.uint8) for o in out)
 
         return self.engine.run_frames(run, frames, cancel)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chains: one model after another (for example JPEG artifact removal, then super-resolution)
+
+CHAIN_ORDER = ("demosaic", "jpeg", "vsr", "segment")
+
+
+def check_chain(manifests: Sequence[ModelManifest]) -> None:
+    """Raise :class:`InputError` unless the models make sense one after another.
+
+    Tasks must follow the order demosaic → jpeg → vsr → segment, each at most once; every model
+    after the first must take RGB images and the one before it must give an image; demosaicing
+    followed by JPEG removal is refused (a demosaiced image has no JPEG artifacts).
+    """
+    if not manifests:
+        raise InputError("a chain needs at least one model")
+    for prev, cur in zip(manifests, manifests[1:], strict=False):
+        if CHAIN_ORDER.index(cur.task) <= CHAIN_ORDER.index(prev.task):
+            raise InputError(f"{cur.id!r} ({cur.task}) cannot follow {prev.id!r} ({prev.task}); "
+                             f"the order is {' → '.join(CHAIN_ORDER)}")
+        if prev.output != "image" or cur.input != "rgb":
+            raise InputError(f"{cur.id!r} cannot take the output of {prev.id!r}")
+        if (prev.task, cur.task) == ("demosaic", "jpeg"):
+            raise InputError("JPEG artifact removal after demosaicing is not useful: a freshly "
+                             "demosaiced image has no JPEG artifacts")
+
+
+def restore_chain(restorers: Sequence[Restorer], image: np.ndarray, *, pattern: str = "RGGB",
+                  sigma: float | np.ndarray | None = None, progress: ProgressCallback | None = None,
+                  cancel: CancelToken | None = None) -> np.ndarray:
+    """Run ``restorers`` one after another; ``sigma`` and ``pattern`` go to the first.
+
+    Progress is reported as ``(done, total)`` with 1000 units per model.
+    """
+    check_chain([r.manifest for r in restorers])
+    result = image
+    for i, restorer in enumerate(restorers):
+        def step(done: int, total: int, i: int = i) -> None:
+            if progress is not None:
+                progress(i * 1000 + (1000 * done // total if total else 0), 1000 * len(restorers))
+
+        result = restorer.restore_image(result, pattern=pattern, sigma=sigma if i == 0 else None,
+                                        progress=step, cancel=cancel)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------

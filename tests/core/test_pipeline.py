@@ -133,3 +133,43 @@ def test_run_options_validation():
         RunOptions(pattern="XYZW")
     with pytest.raises(InputError, match="quality"):
         RunOptions(quality=101)
+
+
+def test_chains():
+    from restore_app.core.pipeline import check_chain, restore_chain
+
+    reg = default_registry()
+    ok = [reg.get("jpeg-identity"), reg.get("bicubic-x2")]
+    check_chain(ok)
+    with pytest.raises(InputError, match="cannot follow"):
+        check_chain(ok[::-1])
+    with pytest.raises(InputError, match="not useful"):
+        check_chain([reg.get("bilinear-demosaic"), reg.get("jpeg-identity")])
+    with pytest.raises(InputError, match="at least one"):
+        check_chain([])
+    seen = []
+    rgb = smooth_rgb(40, 48)
+    out = restore_chain([Restorer(reg.load(m)) for m in ok], rgb, progress=lambda d, t: seen.append((d, t)))
+    assert out.shape == (80, 96, 3)
+    assert seen[-1] == (2000, 2000) and all(t == 2000 for _, t in seen)
+    demosaiced_then_upscaled = restore_chain(
+        [Restorer(reg.load("bilinear-demosaic")), Restorer(reg.load("bicubic-x2"))], mosaic(rgb, "RGGB"))
+    assert demosaiced_then_upscaled.shape == (80, 96, 3)
+
+
+def test_simulate_degradations(coffee):
+    from restore_app.core.simulate import Degradation, parse_degradation, simulate
+
+    clean = to_float(coffee)
+    sim = simulate(clean, parse_degradation("mosaic:10"))
+    assert sim.model_input.shape == clean.shape[:2] and sim.sigma == pytest.approx(10 / 255)
+    assert sim.display.shape == clean.shape
+    sim = simulate(clean[:101, :99], Degradation("downscale", factor=4))
+    assert sim.reference.shape == (100, 96, 3) and sim.model_input.shape == (25, 24, 3)
+    assert sim.display.shape == sim.reference.shape
+    sim = simulate(clean, parse_degradation("jpeg:10"))
+    assert psnr(sim.reference, sim.model_input) < 30
+    with pytest.raises(InputError, match="unknown degradation"):
+        parse_degradation("blur:3")
+    with pytest.raises(InputError, match="quality"):
+        parse_degradation("jpeg:0")
