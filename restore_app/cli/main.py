@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None, dest="json_file", help="write the results here")
     _engine_args(p)
 
+    p = sub.add_parser("gui", help="start the desktop application")
+    p.add_argument("file", nargs="?", type=Path, help="an image, RAW file or video to open")
+
     p = sub.add_parser("info", help="show the device, threads, precision support and paths in use")
     p.add_argument("--json", action="store_true")
 
@@ -300,6 +303,12 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_gui(args) -> int:
+    from restore_app.gui.app import main as gui_main
+
+    return gui_main([str(args.file)] if args.file else [])
+
+
 def cmd_info(args) -> int:
     import os
 
@@ -348,7 +357,8 @@ class _UsageError(Exception):
 
 
 COMMANDS = {"run": cmd_run, "compare": cmd_compare, "eval": cmd_eval, "models": cmd_models,
-            "info": cmd_info, "demo": cmd_demo, "train": cmd_train, "bench": cmd_bench}
+            "info": cmd_info, "demo": cmd_demo, "train": cmd_train, "bench": cmd_bench,
+            "gui": cmd_gui}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,6 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from restore_app.core.engine import Engine
@@ -23,6 +22,7 @@ from restore_app.core.paths import resources_dir
 from restore_app.core.pipeline import Restorer
 from restore_app.core.registry import Registry, default_registry
 from restore_app.core.simulate import Degradation, simulate
+from restore_app.core.visual import comparison_strip
 
 SAMPLE = "samples/coffee.png"
 
@@ -38,23 +38,6 @@ class DemoResult:
     ms_ssim: float | None
     seconds: float
     files: tuple[str, ...]
-
-
-def comparison_strip(panels: list[tuple[str, np.ndarray]], height: int = 360) -> np.ndarray:
-    """Side-by-side ``uint8`` RGB panels of equal height with a caption bar over each."""
-    out = []
-    for caption, img in panels:
-        u8 = np.rint(np.clip(img, 0, 1) * 255).astype(np.uint8) if img.dtype.kind == "f" else img
-        if u8.ndim == 2:
-            u8 = np.repeat(u8[..., None], 3, axis=2)
-        w = round(u8.shape[1] * height / u8.shape[0])
-        interp = cv2.INTER_NEAREST if u8.shape[0] < height else cv2.INTER_AREA
-        panel = cv2.resize(u8, (w, height), interpolation=interp)
-        bar = np.full((28, w, 3), 32, np.uint8)
-        cv2.putText(bar, caption, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (235, 235, 235), 1, cv2.LINE_AA)
-        out.append(np.concatenate([bar, panel], axis=0))
-        out.append(np.full((height + 28, 4, 3), 255, np.uint8))
-    return np.concatenate(out[:-1], axis=1)
 
 
 def run_demo(out_dir: str | Path, engine: Engine | None = None, registry: Registry | None = None,

@@ -30,6 +30,18 @@ def user_data_dir() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "restore"
 
 
+def user_config_dir() -> Path:
+    """Per-user settings folder (``RESTORE_CONFIG_DIR`` overrides it, e.g. for tests)."""
+    env = os.environ.get("RESTORE_CONFIG_DIR")
+    if env:
+        return Path(env)
+    if sys.platform == "win32":
+        return user_data_dir()
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Preferences" / "Restore"
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "restore"
+
+
 def datasets_dir() -> Path | None:
     """The shared datasets: ``RESTORE_DATA``, else ``../shared/datasets`` beside the project."""
     env = os.environ.get("RESTORE_DATA")

@@ -363,18 +363,24 @@ def process_file(input_path: str | Path, output_path: str | Path, restorer: Rest
     return write_image(dst, result, quality=options.quality, bit_depth=depth)
 
 
-def process_video(src: Path, dst: Path, restorer: Restorer, options: RunOptions, *,
+def process_video(src: Path, dst: Path, restorer: Restorer | Sequence[Restorer], options: RunOptions, *,
                   progress: ProgressCallback | None = None,
                   cancel: CancelToken | None = None) -> Path:
-    """Restore every frame of a video with a per-frame model; fps and the audio track are kept."""
+    """Restore every frame of a video with per-frame models (one, or a chain); fps and the audio
+    track are kept. Frames stream through: memory does not grow with the video's length."""
+    restorers = [restorer] if isinstance(restorer, Restorer) else list(restorer)
+    check_chain([r.manifest for r in restorers])
     info = probe_video(src)
-    s = restorer.manifest.scale
+    s = int(np.prod([r.manifest.scale for r in restorers]))
     total = info.frame_count
     with VideoReader(src, info=info) as reader, \
             VideoWriter(dst, info.width * s, info.height * s, info.fps, quality=options.crf,
                         audio_from=src if info.has_audio else None,
                         audio_codec=info.audio_codec) as writer:
-        for i, frame in enumerate(restorer.restore_frames(reader, sigma=options.sigma, cancel=cancel)):
+        stream: Iterable[np.ndarray] = reader
+        for i, r in enumerate(restorers):
+            stream = r.restore_frames(stream, sigma=options.sigma if i == 0 else None, cancel=cancel)
+        for i, frame in enumerate(stream):
             writer.write(frame)
             if progress is not None:
                 progress(i + 1, total)
