@@ -10,7 +10,7 @@ from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QTimer, QUrl
 from PySide6.QtGui import QDropEvent, QGuiApplication
 
 from restore_app.core.degrade import jpeg_compress
-from restore_app.core.io import VideoWriter, probe_video, read_image, to_float, write_image
+from restore_app.core.io import probe_video, read_image, to_float, write_image
 from restore_app.core.metrics import compare
 from restore_app.core.simulate import Degradation
 from tests.helpers import make_clip

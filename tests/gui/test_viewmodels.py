@@ -11,7 +11,7 @@ from restore_app.core.io import VideoWriter, to_float, write_image
 from restore_app.core.jobs import CancelToken
 from restore_app.core.metrics import compare
 from restore_app.core.registry import default_registry
-from restore_app.core.simulate import Degradation, simulate
+from restore_app.core.simulate import Degradation
 from restore_app.gui.settings import Settings, SettingsStore
 from restore_app.gui.viewmodels import EtaEstimator, MainViewModel, load_document
 from tests.helpers import smooth_rgb, write_dng
