@@ -68,6 +68,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train", help="train a model: restore train TASK [options] (see restore train --help)",
                    add_help=False)
 
+    p = sub.add_parser("batch", help="restore every file of a folder (resumable; see README)")
+    p.add_argument("in_dir", type=Path)
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--model", required=True, nargs="+", help="a model id, or several to chain")
+    p.add_argument("--recursive", action="store_true")
+    p.add_argument("--include", nargs="+", default=[], metavar="GLOB")
+    p.add_argument("--exclude", nargs="+", default=[], metavar="GLOB")
+    p.add_argument("--format", choices=("png", "tiff", "jpg"), default=None,
+                   help="image output format (default: PNG, TIFF for camera RAW)")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality")
+    ref = p.add_mutually_exclusive_group()
+    ref.add_argument("--reference-dir", type=Path, default=None, help="clean references, same relative paths")
+    ref.add_argument("--simulate", default=None, metavar="DEGRADATION",
+                     help="degrade each input first and score against it: mosaic[:SIGMA], jpeg:Q, downscale:N")
+    p.add_argument("--workers", type=int, default=2, help="decoding and encoding threads")
+    p.add_argument("--retry-failed", action="store_true", help="try files that failed before again")
+    p.add_argument("--sigma", type=float, default=None, help="noise level in 8-bit units (default: estimate)")
+    _engine_args(p)
+
     p = sub.add_parser("bench", help="compare methods in one run on the same images (prints a table)")
     p.add_argument("task", choices=("demosaic", "jpeg"))
     p.add_argument("--models", nargs="+", default=None,
@@ -269,6 +288,40 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_batch(args) -> int:
+    from restore_app.cli.progress import ProgressBar
+    from restore_app.core.batch import BatchConfig, run_batch
+    from restore_app.core.pipeline import Restorer, RunOptions
+    from restore_app.core.registry import default_registry
+    from restore_app.core.simulate import parse_degradation
+
+    cfg = BatchConfig(in_dir=args.in_dir, out_dir=args.out_dir, models=tuple(args.model), recursive=args.recursive,
+                      include=tuple(args.include), exclude=tuple(args.exclude), format=args.format,
+                      quality=args.quality, reference_dir=args.reference_dir,
+                      simulate=parse_degradation(args.simulate) if args.simulate else None,
+                      workers=args.workers, retry_failed=args.retry_failed,
+                      options=RunOptions(sigma=None if args.sigma is None else args.sigma / 255.0))
+    engine = _engine(args)
+    registry = default_registry()
+    restorers = [Restorer(registry.load(m), engine) for m in cfg.models]
+    failures: list[str] = []
+    with ProgressBar("batch", unit="file") as bar:
+        def progress(summary, message: str) -> None:
+            if message.startswith("FAILED"):
+                failures.append(message)
+                if not bar.enabled:
+                    print(message, file=sys.stderr)
+            bar(len(summary.results), summary.total)
+            bar.postfix(failed=summary.failed)
+
+        summary = run_batch(cfg, restorers, progress=progress)
+    for message in failures if failures and bar.enabled else []:
+        print(message, file=sys.stderr)
+    print(summary.line())
+    print(f"reports: {cfg.out_dir / 'report.csv'} and {cfg.out_dir / 'report.html'}")
+    return 0 if summary.ok else 1
+
+
 def cmd_bench(args) -> int:
     from restore_app.core.bench import bench_demosaic, bench_jpeg, format_table, rows_to_json
     from restore_app.core.errors import InputError
@@ -357,7 +410,7 @@ class _UsageError(Exception):
 
 
 COMMANDS = {"run": cmd_run, "compare": cmd_compare, "eval": cmd_eval, "models": cmd_models,
-            "info": cmd_info, "demo": cmd_demo, "train": cmd_train, "bench": cmd_bench,
+            "info": cmd_info, "demo": cmd_demo, "train": cmd_train, "bench": cmd_bench, "batch": cmd_batch,
             "gui": cmd_gui}
 
 

@@ -25,6 +25,14 @@ class ProgressBar:
             self._bar.total = total
         self._bar.update(done - self._bar.n)
 
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    def postfix(self, **values) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix(values, refresh=False)
+
     def __enter__(self) -> ProgressBar:
         return self
 

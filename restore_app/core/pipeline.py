@@ -320,47 +320,87 @@ def write_labels(path: Path, labels: np.ndarray) -> Path:
     return write_image(path, labels.astype(np.uint16), bit_depth=16)
 
 
-def process_file(input_path: str | Path, output_path: str | Path, restorer: Restorer,
+@dataclass
+class Decoded:
+    """An input file read and ready for the models: a float image, or a camera RAW mosaic."""
+
+    path: Path
+    image: np.ndarray | None = None
+    raw: RawImage | None = None
+    high_bit_depth: bool = False
+
+
+def _as_chain(restorer: Restorer | Sequence[Restorer]) -> list[Restorer]:
+    return [restorer] if isinstance(restorer, Restorer) else list(restorer)
+
+
+def check_job(src: Path, dst: Path, restorers: Sequence[Restorer]) -> MediaKind:
+    """Everything that can be checked before any work: types, the output folder, overwriting."""
+    kind = media_kind(src)
+    check_chain([r.manifest for r in restorers])
+    first, last = restorers[0].manifest, restorers[-1].manifest
+    check_not_overwriting(dst, [src])
+    check_output_dir(dst)
+    _check_output_kind(dst, video=kind is MediaKind.VIDEO)
+    if last.output == "labels" and dst.suffix.lower() not in (".png", ".tif", ".tiff"):
+        raise OutputError(f"{dst}: model {last.id!r} gives a label map; write it as .png or .tif")
+    if kind is MediaKind.RAW and first.input != "cfa":
+        raise InputError(f"{src}: camera RAW files need a demosaicing model; {first.id!r} takes "
+                         f"{first.input} images")
+    return kind
+
+
+def decode_input(src: Path) -> Decoded:
+    """Read an image or camera RAW file (the first stage of :func:`process_file`)."""
+    if media_kind(src) is MediaKind.RAW:
+        return Decoded(src, raw=read_raw(src), high_bit_depth=True)
+    image = read_image(src)
+    return Decoded(src, image=to_float(image), high_bit_depth=image.dtype != np.uint8)
+
+
+def restore_decoded(decoded: Decoded, restorers: Sequence[Restorer], options: RunOptions, *,
+                    progress: ProgressCallback | None = None,
+                    cancel: CancelToken | None = None) -> np.ndarray:
+    """Run the models on a decoded input (the second stage of :func:`process_file`)."""
+    first = restorers[0].manifest
+    if decoded.raw is not None:
+        result = develop_raw(decoded.raw, restorers[0], sigma=options.sigma, progress=progress, cancel=cancel)
+        return restore_chain(restorers[1:], result, cancel=cancel) if len(restorers) > 1 else result
+    if first.input == "cfa" and decoded.image.ndim != 2:
+        raise InputError(f"{decoded.path}: model {first.id!r} demosaics single-channel Bayer mosaics; this "
+                         f"image has {decoded.image.shape[2]} channels")
+    return restore_chain(restorers, decoded.image, pattern=options.pattern, sigma=options.sigma,
+                         progress=progress, cancel=cancel)
+
+
+def encode_output(dst: Path, result: np.ndarray, last: ModelManifest, options: RunOptions,
+                  high_bit_depth: bool = False) -> Path:
+    """Write a result atomically (the third stage of :func:`process_file`): a label map as 16-bit
+    PNG/TIFF; an image at ``options.bit_depth``, else 16 bits for TIFF and high-bit-depth input."""
+    if last.output == "labels":
+        return write_labels(dst, result)
+    depth = options.bit_depth or (16 if high_bit_depth or dst.suffix.lower() in (".tif", ".tiff") else 8)
+    return write_image(dst, result, quality=options.quality, bit_depth=depth)
+
+
+def process_file(input_path: str | Path, output_path: str | Path, restorer: Restorer | Sequence[Restorer],
                  options: RunOptions | None = None, *, progress: ProgressCallback | None = None,
                  cancel: CancelToken | None = None) -> Path:
-    """Restore one image, camera RAW file or video into ``output_path`` (written atomically).
+    """Restore one image, camera RAW file or video into ``output_path`` (written atomically) with a
+    model or a chain of models.
 
     Checks everything it can before any work: the input's type, the output's type and folder, and
     that the output is not the input.
     """
     options = options or RunOptions()
+    restorers = _as_chain(restorer)
     src, dst = Path(input_path), Path(output_path)
-    kind = media_kind(src)
-    m = restorer.manifest
-    check_not_overwriting(dst, [src])
-    check_output_dir(dst)
-    _check_output_kind(dst, video=kind is MediaKind.VIDEO)
-    if m.output == "labels" and dst.suffix.lower() not in (".png", ".tif", ".tiff"):
-        raise OutputError(f"{dst}: model {m.id!r} gives a label map; write it as .png or .tif")
-
-    if kind is MediaKind.VIDEO:
-        return process_video(src, dst, restorer, options, progress=progress, cancel=cancel)
-
-    if kind is MediaKind.RAW:
-        if m.input != "cfa":
-            raise InputError(f"{src}: camera RAW files need a demosaicing model; {m.id!r} takes "
-                             f"{m.input} images")
-        result = develop_raw(read_raw(src), restorer, sigma=options.sigma, progress=progress,
-                             cancel=cancel)
-        depth = options.bit_depth or 16
-    else:
-        image = read_image(src)
-        if m.input == "cfa" and image.ndim != 2:
-            raise InputError(f"{src}: model {m.id!r} demosaics single-channel Bayer mosaics; this "
-                             f"image has {image.shape[2]} channels")
-        result = restorer.restore_image(to_float(image), pattern=options.pattern, sigma=options.sigma,
-                                        progress=progress, cancel=cancel)
-        depth = options.bit_depth or (16 if image.dtype == np.uint16 or dst.suffix.lower()
-                                      in (".tif", ".tiff") else 8)
+    if check_job(src, dst, restorers) is MediaKind.VIDEO:
+        return process_video(src, dst, restorers, options, progress=progress, cancel=cancel)
+    decoded = decode_input(src)
+    result = restore_decoded(decoded, restorers, options, progress=progress, cancel=cancel)
     check_cancel(cancel)
-    if m.output == "labels":
-        return write_labels(dst, result)
-    return write_image(dst, result, quality=options.quality, bit_depth=depth)
+    return encode_output(dst, result, restorers[-1].manifest, options, decoded.high_bit_depth)
 
 
 def process_video(src: Path, dst: Path, restorer: Restorer | Sequence[Restorer], options: RunOptions, *,
@@ -368,7 +408,7 @@ def process_video(src: Path, dst: Path, restorer: Restorer | Sequence[Restorer],
                   cancel: CancelToken | None = None) -> Path:
     """Restore every frame of a video with per-frame models (one, or a chain); fps and the audio
     track are kept. Frames stream through: memory does not grow with the video's length."""
-    restorers = [restorer] if isinstance(restorer, Restorer) else list(restorer)
+    restorers = _as_chain(restorer)
     check_chain([r.manifest for r in restorers])
     info = probe_video(src)
     s = int(np.prod([r.manifest.scale for r in restorers]))

@@ -23,10 +23,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from restore_app.core.batch import BatchConfig, BatchSummary, run_batch
 from restore_app.core.errors import RestoreError
 from restore_app.core.io import MediaKind, to_float, write_image
 from restore_app.core.io.formats import IMAGE_EXTENSIONS, RAW_EXTENSIONS, VIDEO_EXTENSIONS
-from restore_app.core.pipeline import RunOptions, process_video
+from restore_app.core.pipeline import RunOptions, check_chain, process_video
 from restore_app.core.registry import Registry
 from restore_app.core.visual import comparison_strip, heatmap, to_u8
 from restore_app.gui.dialogs import SettingsDialog
@@ -137,6 +138,7 @@ class MainWindow(QMainWindow):
         action(file, "&Export result…", self.export_dialog, QKeySequence.StandardKey.Save)
         action(file, "&Copy result", self.copy_result, QKeySequence.StandardKey.Copy)
         action(file, "Save &comparison…", self.comparison_dialog)
+        action(file, "Process &folder…", self.folder_dialog)
         file.addSeparator()
         action(file, "&Settings…", self.settings_dialog)
         action(file, "&Quit", self.close, QKeySequence.StandardKey.Quit)
@@ -319,6 +321,12 @@ class MainWindow(QMainWindow):
             self._show(result.heat, result.metrics)
             self.models.eta.setText("done")
             self.statusBar().showMessage(f"Restored with {' → '.join(self.vm.result_chain)}", 5000)
+        elif isinstance(result, BatchSummary):
+            self.models.eta.setText("done")
+            if not result.ok:
+                failed = [r for r in result.results if r.status == "failed"]
+                self.show_error(f"{len(failed)} file(s) failed, e.g. {failed[0].rel}: {failed[0].error}")
+            self.statusBar().showMessage(result.line(), 20000)
         else:
             self.models.eta.setText("done")
             self.statusBar().showMessage(f"Wrote {result}", 10000)
@@ -422,6 +430,34 @@ class MainWindow(QMainWindow):
         self.models.set_running(True)
         self.runner.start(lambda progress, cancel: process_video(src, Path(out), restorers, options,
                                                                  progress=progress, cancel=cancel))
+
+    # -- folders (the same batch core as `restore batch`) -------------------------------------------
+    def folder_dialog(self) -> None:
+        src = QFileDialog.getExistingDirectory(self, "Folder to process", self.vm.settings.last_folder)
+        if not src:
+            return
+        dst = QFileDialog.getExistingDirectory(self, "Output folder (outside the input folder)", src)
+        if dst:
+            self.process_folder(src, dst)
+
+    def process_folder(self, src: str | Path, dst: str | Path, recursive: bool = True) -> None:
+        if self.runner.running:
+            return
+        try:
+            ids = self.vm.chain or []
+            check_chain([self.vm.registry.get(i) for i in ids])
+            cfg = BatchConfig(Path(src), Path(dst), tuple(ids), recursive=recursive,
+                              simulate=self.vm.degradation)
+            restorers = [self.vm.restorer(i) for i in ids]
+        except RestoreError as exc:
+            self.show_error(str(exc))
+            return
+        self.clear_error()
+        self.eta.begin()
+        self.models.set_running(True)
+        self.runner.start(lambda progress, cancel: run_batch(
+            cfg, restorers, progress=lambda summary, _msg: progress(len(summary.results), summary.total),
+            cancel=cancel))
 
     # -- export ----------------------------------------------------------------------------------
     def export_result(self, path: str | Path, quality: int = 95) -> Path:

@@ -206,3 +206,18 @@ def test_screenshot_of_a_comparison(qtbot, window, tmp_path, coffee, output_dir)
     path = output_dir / "main_window_comparison.png"
     assert shot.save(str(path)) and path.stat().st_size > 10000
     assert shot.save(str(tmp_path / "main_window.png"))
+
+
+def test_process_a_folder_with_the_batch_core(qtbot, window, tmp_path, coffee):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        write_image(src / f"{i}.png", coffee[:64, 40 * i:40 * i + 80])
+    (src / "bad.png").write_bytes(b"\x89PNG broken")
+    window.open_path(src / "0.png")
+    window.set_chain(["bicubic-x2"])
+    with qtbot.waitSignal(window.runner.done, timeout=60000):
+        window.process_folder(src, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["0.png", "1.png", "2.png"]
+    assert "3 restored" in window.statusBar().currentMessage()
+    assert window.banner.isVisible() and "bad.png" in window.banner.text()
