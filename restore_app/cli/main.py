@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(p)
 
     p = sub.add_parser("bench", help="compare methods in one run on the same images (prints a table)")
-    p.add_argument("task", choices=("demosaic", "jpeg"))
+    p.add_argument("task", choices=("demosaic", "jpeg", "batch"))
     p.add_argument("--models", nargs="+", default=None,
                    help="registered models to compare (default: every model of the task)")
     p.add_argument("--data", nargs="+", default=None, metavar="NAME=DIR",
@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigmas", nargs="+", type=float, default=[0, 10, 20], help="demosaic: noise σ, 8-bit units")
     p.add_argument("--qualities", nargs="+", type=int, default=[10, 20, 30, 40, 90], help="jpeg: qualities")
     p.add_argument("--no-anchors", action="store_true", help="demosaic: skip the published anchors")
+    p.add_argument("--count", type=int, default=1000, help="batch: number of small images")
+    p.add_argument("--size", type=int, default=96, help="batch: image side in pixels")
+    p.add_argument("--loop-sample", type=int, default=50, help="batch: images timed with a restore-run loop")
+    p.add_argument("--workers", type=int, default=2, help="batch: decode/encode threads")
     p.add_argument("--json", type=Path, default=None, dest="json_file", help="write the results here")
     _engine_args(p)
 
@@ -329,6 +333,17 @@ def cmd_bench(args) -> int:
     from restore_app.core.paths import datasets_dir
     from restore_app.core.registry import default_registry
 
+    if args.task == "batch":
+        import tempfile
+
+        from restore_app.core.bench import bench_batch, format_throughput
+
+        model = (args.models or [default_registry().default("jpeg").id])[0]
+        with tempfile.TemporaryDirectory(prefix="restore-bench-") as tmp:
+            rows = bench_batch(model, Path(tmp), args.count, args.size, args.loop_sample, args.workers)
+        print(f"\nmodel {model}, {args.count} images of {args.size}×{args.size}")
+        print(format_throughput(rows))
+        return 0
     if args.data:
         data = {}
         for item in args.data:

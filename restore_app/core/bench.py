@@ -10,6 +10,7 @@ anchor whose package is missing is listed as such rather than stopping the bench
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -200,3 +201,61 @@ def format_table(rows: list[BenchRow]) -> str:
 def rows_to_json(rows: list[BenchRow]) -> str:
     return json.dumps([{"method": r.method, "cells": r.cells, "seconds_per_mp": r.seconds_per_mp,
                         "parameters": r.parameters, "note": r.note} for r in rows], indent=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# batch throughput
+
+
+@dataclass
+class ThroughputRow:
+    method: str
+    images: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+def bench_batch(model: str, workdir: Path, count: int = 1000, size: int = 96, loop_sample: int = 50,
+                workers: int = 2, log: Callable[[str], None] = print) -> list[ThroughputRow]:
+    """Images per second of ``restore batch`` on ``count`` small images against a plain loop of
+    ``restore run`` (one process per image, timed on ``loop_sample`` of them), in one run."""
+    import subprocess
+    import sys
+
+    from restore_app.core.io import read_image, write_image
+    from restore_app.core.paths import resources_dir
+
+    src = workdir / "in"
+    src.mkdir(parents=True, exist_ok=True)
+    sample = read_image(resources_dir() / "samples" / "coffee.png")
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        y, x = rng.integers(0, sample.shape[0] - size), rng.integers(0, sample.shape[1] - size)
+        write_image(src / f"{i:05d}.png", np.ascontiguousarray(sample[y:y + size, x:x + size]))
+    cmd = [sys.executable, "-m", "restore_app"]
+    t = time.perf_counter()
+    subprocess.run([*cmd, "batch", str(src), str(workdir / "batch"), "--model", model, "--workers", str(workers)],
+                   check=True, capture_output=True)
+    rows = [ThroughputRow(f"restore batch --workers {workers}", count, time.perf_counter() - t)]
+    log(f"batch: {rows[0].per_second:.1f} images/s")
+    (workdir / "loop").mkdir(exist_ok=True)
+    files = sorted(src.glob("*.png"))[:loop_sample]
+    t = time.perf_counter()
+    for f in files:
+        subprocess.run([*cmd, "run", str(f), "-o", str(workdir / "loop" / f.name), "--model", model],
+                       check=True, capture_output=True)
+    rows.append(ThroughputRow(f"loop of restore run ({len(files)} of {count} timed)", len(files),
+                              time.perf_counter() - t))
+    log(f"loop: {rows[1].per_second:.2f} images/s")
+    return rows
+
+
+def format_throughput(rows: list[ThroughputRow]) -> str:
+    lines = ["| method | images | seconds | images/s |", "|---|---|---|---|"]
+    lines += [f"| {r.method} | {r.images} | {r.seconds:.1f} | {r.per_second:.2f} |" for r in rows]
+    if len(rows) == 2 and rows[1].per_second:
+        lines.append(f"\nbatch / loop: {rows[0].per_second / rows[1].per_second:.1f}×")
+    return "\n".join(lines)

@@ -59,3 +59,12 @@ def test_jpeg_bench_input_versus_model(tmp_path, coffee):
     cells = rows[0].cells
     assert set(cells) == {"tiny q=10", "tiny q=90"} and cells["tiny q=90"]["psnr"] > cells["tiny q=10"]["psnr"]
     assert rows[0].parameters == 0
+
+
+def test_batch_throughput_bench(tmp_path):
+    from restore_app.core.bench import bench_batch, format_throughput
+
+    rows = bench_batch("jpeg-identity", tmp_path, count=6, size=48, loop_sample=1, log=lambda s: None)
+    assert [r.images for r in rows] == [6, 1] and all(r.per_second > 0 for r in rows)
+    assert len(list((tmp_path / "batch").glob("*.png"))) == 6
+    assert "batch / loop" in format_throughput(rows)
