@@ -43,7 +43,7 @@ def test_mix_matches_reference_and_is_differentiable():
     torch.testing.assert_close(ours, _reference_mix(x, y).float(), rtol=1e-5, atol=1e-6)
     ours.backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
-    assert MixLoss()(x.detach(), y) == pytest.approx(float(ours))
+    assert MixLoss()(x.detach(), y) == pytest.approx(float(ours.detach()))
 
 
 def test_mix_orders_degradations():

@@ -37,6 +37,7 @@ def _default_data() -> tuple[Path, ...]:
 @dataclass
 class DemosaicTrainConfig(TrainConfig):
     out: Path = Path("runs/demosaic")
+    loss: str = "l1"  # stage 1; stage 2 fine-tunes with --loss mix --init (see the model card)
     data: tuple[Path, ...] = field(default_factory=_default_data)
     val_holdout: int = 20
     downscale: int = 2

@@ -38,7 +38,7 @@ def _cfg(tmp_path, data, name, **kw):
 
 
 def test_training_improves_on_bilinear(tmp_path, tiny_data):
-    cfg = _cfg(tmp_path, tiny_data, "run", iterations=150, val_every=75, log_every=25, lr=2e-3)
+    cfg = _cfg(tmp_path, tiny_data, "run", iterations=150, val_every=75, log_every=25, lr=2e-3, loss="l1")
     task = DemosaicTask(cfg)
     start = task.validate(task.model, torch.device("cpu"), "fp32")["score"]
     result = train(task, cfg, log=lambda s: None)
