@@ -118,6 +118,11 @@ def test_simulate_mode_metrics_match_the_core(qtbot, window, tmp_path, coffee):
     qtbot.waitUntil(lambda: "region 120×80" in table.convention.text(), timeout=10000)
     window.compare.heat.setChecked(True)
     assert window.compare.split_canvas.after is not None
+    # degraded, restored and original side by side, in step
+    window.compare.mode.setCurrentIndex(1)
+    assert window.compare.third.isVisible() and window.compare.third.after is not None
+    window.compare.mode.setCurrentIndex(4)
+    assert window.compare.split_canvas.caption == ("", "reference")
 
 
 def test_export_copy_and_comparison(qtbot, window, tmp_path, coffee):

@@ -1,4 +1,5 @@
-"""Before/after comparison: a split view with a draggable divider, or two synchronised views."""
+"""Before/after comparison: a split view with a draggable divider, or synchronised side-by-side views
+(before | after, plus the reference when there is one), or one image at a time."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QStacke
 
 from restore_app.gui.widgets.image_view import ImageCanvas, ViewState
 
-MODES = ("Split", "Side by side", "Before", "After")
+MODES = ("Split", "Side by side", "Before", "After", "Reference")
 
 
 class CompareView(QWidget):
-    """``set_images(before, after, heat)``; the mode and the heat-map layer are chosen above it."""
+    """``set_images(before, after, heat, reference)``; mode and heat-map layer are chosen above it."""
 
     regionSelected = Signal(int, int, int, int)
 
@@ -20,15 +21,14 @@ class CompareView(QWidget):
         super().__init__(parent)
         self.view = ViewState()
         self.split_canvas = ImageCanvas(self.view)
-        self.left = ImageCanvas(self.view)
-        self.right = ImageCanvas(self.view)
-        for canvas in (self.split_canvas, self.left, self.right):
+        self.left, self.right, self.third = ImageCanvas(self.view), ImageCanvas(self.view), ImageCanvas(self.view)
+        for canvas in (self.split_canvas, self.left, self.right, self.third):
             canvas.regionSelected.connect(self.regionSelected)
         side = QWidget()
         row = QHBoxLayout(side)
         row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.left)
-        row.addWidget(self.right)
+        for canvas in (self.left, self.right, self.third):
+            row.addWidget(canvas)
         self.stack = QStackedWidget()
         self.stack.addWidget(self.split_canvas)
         self.stack.addWidget(side)
@@ -51,17 +51,17 @@ class CompareView(QWidget):
         self.mode.currentIndexChanged.connect(self._refresh)
         self.heat.toggled.connect(self._refresh)
         self.view.changed.connect(lambda: self.zoom_label.setText(f"{self.view.zoom * 100:.0f} %"))
-        self._images: tuple = (None, None, None)
-        self.captions = ("before", "after")
+        self._images: tuple = (None, None, None, None)
+        self.captions = ("before", "after", "reference")
 
     def set_images(self, before: np.ndarray | None, after: np.ndarray | None,
-                   heat: np.ndarray | None = None) -> None:
-        self._images = (before, after, heat)
+                   heat: np.ndarray | None = None, reference: np.ndarray | None = None) -> None:
+        self._images = (before, after, heat, reference)
         self.heat.setEnabled(heat is not None)
         self._refresh()
 
     def set_region(self, region: tuple[int, int, int, int] | None) -> None:
-        for canvas in (self.split_canvas, self.left, self.right):
+        for canvas in (self.split_canvas, self.left, self.right, self.third):
             canvas.region = region
             canvas.update()
 
@@ -69,28 +69,35 @@ class CompareView(QWidget):
         return self.split_canvas if self.stack.currentIndex() == 0 else self.right
 
     def _refresh(self) -> None:
-        before, after, heat = self._images
-        shown_after = heat if (self.heat.isChecked() and heat is not None) else after
+        before, after, heat, reference = self._images
+        shown = heat if (self.heat.isChecked() and heat is not None) else after
+        cap_after = "error heat-map" if shown is heat and heat is not None else self.captions[1]
+        # every canvas uses the largest image's pixel grid, so a ×4 result lines up with its input
+        top = next((im for im in (shown, reference, before) if im is not None), None)
+        scene = (top.shape[1], top.shape[0]) if top is not None else None
         mode = MODES[self.mode.currentIndex()]
-        cap_after = "error heat-map" if shown_after is heat and heat is not None else self.captions[1]
         if mode == "Side by side":
             self.stack.setCurrentIndex(1)
-            scene = (shown_after.shape[1], shown_after.shape[0]) if shown_after is not None else None
             self.left.set_images(before, None, scene=scene)
-            self.right.set_images(None, shown_after)
+            self.right.set_images(None, shown, scene=scene)
+            self.third.set_images(None, reference, scene=scene)
+            self.third.setVisible(reference is not None)
             self.left.caption, self.right.caption = (self.captions[0], ""), ("", cap_after)
+            self.third.caption = ("", self.captions[2])
         else:
             self.stack.setCurrentIndex(0)
             c = self.split_canvas
-            c.split = mode == "Split" and before is not None and shown_after is not None
-            if mode == "Before" or shown_after is None:
-                scene = (shown_after.shape[1], shown_after.shape[0]) if shown_after is not None else None
+            c.split = mode == "Split" and before is not None and shown is not None
+            if mode == "Reference" and reference is not None:
+                c.set_images(None, reference, scene=scene)
+                c.caption = ("", self.captions[2])
+            elif mode == "After" and shown is not None:
+                c.set_images(None, shown, scene=scene)
+                c.caption = ("", cap_after)
+            elif mode in ("Before", "Reference", "After") or shown is None:
                 c.set_images(before, None, scene=scene)
                 c.caption = (self.captions[0], "")
-            elif mode == "After":
-                c.set_images(None, shown_after)
-                c.caption = ("", cap_after)
             else:
-                c.set_images(before, shown_after)
+                c.set_images(before, shown, scene=scene)
                 c.caption = (self.captions[0], cap_after)
         self.update()
