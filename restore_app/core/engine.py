@@ -193,13 +193,15 @@ def tiled_apply(fn: TensorFn, x: torch.Tensor, *, tile: int = 512, overlap: int 
 @dataclass(frozen=True)
 class EngineConfig:
     """User settings of the engine: ``device``, ``precision``, ``tile`` (0 = whole image) and
-    ``overlap`` (``None`` = the model's own), and ``batch`` frames per forward pass for video."""
+    ``overlap`` (``None`` = the model's own), ``batch`` frames per forward pass for video, and
+    ``clip_length`` frames per chunk for recurrent video models."""
 
     device: str = "auto"
     precision: str = "auto"
     tile: int = 512
     overlap: int | None = None
     batch: int = 4
+    clip_length: int = 32
 
     def __post_init__(self) -> None:
         check_choice(self.device.split(":")[0].lower(), DEVICES, "device")
@@ -210,6 +212,7 @@ class EngineConfig:
         if self.overlap is not None:
             check_range(self.overlap, 0, None, "overlap")
         check_range(self.batch, 1, 256, "batch")
+        check_range(self.clip_length, 1, 4096, "clip_length")
 
 
 class Engine:

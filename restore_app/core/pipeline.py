@@ -68,14 +68,27 @@ class Restorer:
     # -- tensors -------------------------------------------------------------------------------
     def _forward(self, x: torch.Tensor, progress: ProgressCallback | None,
                  cancel: CancelToken | None) -> torch.Tensor:
+        """Run the model on ``(B, C, H, W)``. For clip models the batch is the frame sequence: it is
+        folded into channels, so spatial tiles stay aligned across time."""
         m = self.manifest
+        fn, x_in = self.module, x
+        if m.input == "clip":
+            t, c = x.shape[0], x.shape[1]
+
+            def fn(z: torch.Tensor) -> torch.Tensor:
+                n, _, h, w = z.shape
+                out = self.module(z.reshape(n, t, c, h, w))
+                return out.reshape(n, t * out.shape[2], out.shape[3], out.shape[4])
+
+            x_in = x.reshape(1, t * c, *x.shape[-2:])
         start = time.perf_counter()
         try:
-            return self.engine.run(self.module, x, scale=m.scale, align=m.align, overlap=m.overlap,
-                                   tileable=m.tileable, precision=self.precision,
-                                   progress=progress, cancel=cancel)
+            out = self.engine.run(fn, x_in, scale=m.scale, align=m.align, overlap=m.overlap,
+                                  tileable=m.tileable, precision=self.precision,
+                                  progress=progress, cancel=cancel)
         finally:
             self.seconds += time.perf_counter() - start
+        return out.reshape(x.shape[0], -1, *out.shape[-2:]) if m.input == "clip" else out
 
     @property
     def needs_sigma(self) -> bool:
@@ -113,9 +126,8 @@ class Restorer:
         kind = self.manifest.input
         if kind == "cfa":
             return self.demosaic(image, pattern=pattern, sigma=sigma, progress=progress, cancel=cancel)
-        if kind == "rgb":
-            return self._restore_rgb(image[None], sigma, progress, cancel)[0]
-        raise InputError(f"model {self.manifest.id!r} restores frame sequences; use restore_video")
+        # a clip model restores a single image as a one-frame sequence
+        return self._restore_rgb(image[None], sigma, progress, cancel)[0]
 
     def demosaic(self, mosaic: np.ndarray, *, pattern: str = "RGGB",
                  sigma: float | np.ndarray | None = None, progress: ProgressCallback | None = None,
@@ -178,19 +190,48 @@ class Restorer:
     # -- frames ----------------------------------------------------------------------------------
     def restore_frames(self, frames: Iterable[np.ndarray], *, sigma: float | None = None,
                        cancel: CancelToken | None = None) -> Iterator[np.ndarray]:
-        """Restore ``uint8`` RGB frames with a per-frame model, ``config.batch`` at a time.
+        """Restore ``uint8`` RGB frames as they are read; yields ``uint8`` frames in order.
 
-        Yields ``uint8`` frames in order; only one batch is held in memory.
+        Per-frame models take ``config.batch`` frames at a time. Clip models (recurrent, both
+        directions in time) take chunks of ``config.clip_length`` frames with ``clip_context``
+        frames of context on each side, so memory stays bounded on videos of any length.
         """
-        if self.manifest.input != "rgb" or self.manifest.output != "image":
-            raise InputError(f"model {self.manifest.id!r} cannot restore video frames "
-                             f"(it takes {self.manifest.input} and gives {self.manifest.output})")
+        m = self.manifest
+        if m.input == "cfa" or m.output != "image":
+            raise InputError(f"model {m.id!r} cannot restore video frames "
+                             f"(it takes {m.input} and gives {m.output})")
 
         def run(batch: list[np.ndarray]) -> Iterator[np.ndarray]:
             out = self._restore_rgb(np.stack([to_float(f) for f in batch]), sigma, None, cancel)
             return (np.rint(o * 255).astype(np.uint8) for o in out)
 
+        if m.input == "clip":
+            return self._clip_stream(iter(frames), run, cancel)
         return self.engine.run_frames(run, frames, cancel)
+
+    def _clip_stream(self, frames: Iterator[np.ndarray], run, cancel: CancelToken | None) -> Iterator[np.ndarray]:
+        length, context = self.engine.config.clip_length, self.manifest.clip_context
+        window: list[np.ndarray] = []  # frames [first, first + len(window))
+        first = emitted = 0
+        ended = False
+        while True:
+            while not ended and first + len(window) < emitted + length + context:
+                frame = next(frames, None)
+                if frame is None:
+                    ended = True
+                else:
+                    window.append(frame)
+            available = first + len(window)
+            if emitted >= available:
+                return
+            check_cancel(cancel)
+            stop = min(emitted + length, available)
+            outputs = list(run(window))
+            yield from outputs[emitted - first:stop - first]
+            emitted = stop
+            keep_from = max(first, emitted - context)
+            window = window[keep_from - first:]
+            first = keep_from
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,7 +253,7 @@ def check_chain(manifests: Sequence[ModelManifest]) -> None:
         if CHAIN_ORDER.index(cur.task) <= CHAIN_ORDER.index(prev.task):
             raise InputError(f"{cur.id!r} ({cur.task}) cannot follow {prev.id!r} ({prev.task}); "
                              f"the order is {' → '.join(CHAIN_ORDER)}")
-        if prev.output != "image" or cur.input != "rgb":
+        if prev.output != "image" or cur.input not in ("rgb", "clip"):
             raise InputError(f"{cur.id!r} cannot take the output of {prev.id!r}")
         if (prev.task, cur.task) == ("demosaic", "jpeg"):
             raise InputError("JPEG artifact removal after demosaicing is not useful: a freshly "

@@ -68,6 +68,7 @@ class ModelManifest:
     align: int = 1
     precisions: tuple[str, ...] = ("fp32",)
     conditioning: tuple[str, ...] = ()
+    clip_context: int = 6  # clip models: frames of context on each side of a chunk
     params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     weights: str | None = None
     sha256: str | None = None
@@ -133,9 +134,9 @@ def parse_manifest(data: Mapping[str, Any], root: Path | None = None,
     expect("precisions", set(d.get("precisions", ("fp32",))) <= set(PRECISIONS),
            f"a list of {', '.join(PRECISIONS)}")
     expect("channels", all(c in (1, 3) for c in d.get("channels", (3,))), "a list of 1 and/or 3")
-    for key in ("scale", "overlap", "align"):
+    for key in ("scale", "overlap", "align", "clip_context"):
         if key in d:
-            expect(key, isinstance(d[key], int) and d[key] >= (0 if key == "overlap" else 1),
+            expect(key, isinstance(d[key], int) and d[key] >= (0 if key in ("overlap", "clip_context") else 1),
                    "a positive integer")
     for key in ("params", "metrics"):
         if key in d:

@@ -15,4 +15,6 @@ ARCHITECTURES: dict[str, str] = {
     "he_watershed": "restore_app.core.archs.he_watershed:HEWatershed",
     "demosaic_net": "restore_app.core.archs.demosaic_net:DemosaicNet",
     "jpeg_unet": "restore_app.core.archs.jpeg_unet:JpegUNet",
+    "brcn": "restore_app.core.archs.brcn:BRCN",
+    "recurrent_vsr": "restore_app.core.archs.vsr_net:RecurrentVSR",
 }
