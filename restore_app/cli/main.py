@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(p)
 
     p = sub.add_parser("bench", help="compare methods in one run on the same images (prints a table)")
-    p.add_argument("task", choices=("demosaic", "jpeg", "batch"))
+    p.add_argument("task", choices=("demosaic", "jpeg", "vsr", "batch"))
     p.add_argument("--models", nargs="+", default=None,
                    help="registered models to compare (default: every model of the task)")
     p.add_argument("--data", nargs="+", default=None, metavar="NAME=DIR",
@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=96, help="batch: image side in pixels")
     p.add_argument("--loop-sample", type=int, default=50, help="batch: images timed with a restore-run loop")
     p.add_argument("--workers", type=int, default=2, help="batch: decode/encode threads")
+    p.add_argument("--scale", type=int, default=4, help="vsr: scale factor")
     p.add_argument("--json", type=Path, default=None, dest="json_file", help="write the results here")
     _engine_args(p)
 
@@ -119,9 +120,11 @@ def _train_tasks() -> dict:
     """Task name → (config dataclass, module path of its task class); imported lazily."""
     from restore_app.core.train.demosaic import DemosaicTrainConfig
     from restore_app.core.train.jpeg import JpegTrainConfig
+    from restore_app.core.train.vsr import VSRTrainConfig
 
     return {"demosaic": (DemosaicTrainConfig, "restore_app.core.train.demosaic:DemosaicTask"),
-            "jpeg": (JpegTrainConfig, "restore_app.core.train.jpeg:JpegTask")}
+            "jpeg": (JpegTrainConfig, "restore_app.core.train.jpeg:JpegTask"),
+            "vsr": (VSRTrainConfig, "restore_app.core.train.vsr:VSRTask")}
 
 
 def _dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
@@ -327,7 +330,7 @@ def cmd_batch(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from restore_app.core.bench import bench_demosaic, bench_jpeg, format_table, rows_to_json
+    from restore_app.core.bench import bench_demosaic, bench_jpeg, bench_vsr, format_table, rows_to_json
     from restore_app.core.errors import InputError
     from restore_app.core.io.atomic import atomic_output
     from restore_app.core.paths import datasets_dir
@@ -355,13 +358,27 @@ def cmd_bench(args) -> int:
         root = datasets_dir()
         if root is None:
             raise InputError("no shared datasets found: give --data NAME=DIR or set RESTORE_DATA")
-        first = {"demosaic": ("McMaster", root / "mcmaster"), "jpeg": ("Classic5", root / "classic5")}[args.task]
-        data = {first[0]: first[1], "BSDS500 test": root / "bsds500" / "test"}
-    models = args.models or [m.id for m in default_registry().manifests(args.task)]
+        if args.task == "vsr":
+            data = {"video": root / "video"}
+        else:
+            first = {"demosaic": ("McMaster", root / "mcmaster"), "jpeg": ("Classic5", root / "classic5")}[args.task]
+            data = {first[0]: first[1], "BSDS500 test": root / "bsds500" / "test"}
+    registry = default_registry()
+    models = args.models or [m.id for m in registry.manifests(args.task)
+                             if args.task != "vsr" or m.scale == args.scale]
     if args.task == "demosaic":
         rows = bench_demosaic(models, data, args.sigmas, anchors=not args.no_anchors, engine=_engine(args))
-    else:
+    elif args.task == "jpeg":
         rows = bench_jpeg(models, data, args.qualities, engine=_engine(args))
+    else:
+        from restore_app.core.bench import frames_per_second
+        from restore_app.core.pipeline import Restorer
+
+        rows = bench_vsr(models, data, args.scale, engine=_engine(args))
+        for row in rows:
+            if not row.note:
+                row.fps = frames_per_second(Restorer(registry.load(row.method), _engine(args)),
+                                            (720 // args.scale, 1280 // args.scale))
     print()
     print(format_table(rows))
     if args.json_file is not None:

@@ -23,7 +23,7 @@ from torch import nn
 
 from restore_app.core.checks import check_tensor
 from restore_app.core.engine import Engine, EngineConfig
-from restore_app.core.evaluate import DemosaicProtocol, JpegProtocol, Protocol, evaluate
+from restore_app.core.evaluate import DemosaicProtocol, JpegProtocol, Protocol, VSRProtocol, evaluate
 from restore_app.core.jobs import CancelToken
 from restore_app.core.pipeline import Restorer
 from restore_app.core.registry import LoadedModel, Registry, default_registry, parse_manifest
@@ -118,6 +118,7 @@ class BenchRow:
     seconds_per_mp: float | None = None
     parameters: int | None = None
     note: str = ""
+    fps: float | None = None
 
 
 Setting = tuple[str, Protocol]
@@ -186,21 +187,45 @@ def format_table(rows: list[BenchRow]) -> str:
     """A Markdown table: one row per method, ``PSNR / SSIM`` per data set and setting, then s/MP
     and the parameter count."""
     columns = list(dict.fromkeys(c for r in rows for c in r.cells))
-    lines = ["| method | " + " | ".join(columns) + " | s/MP | parameters |",
-             "|---|" + "---|" * len(columns) + "---|---|"]
+    with_fps = any(r.fps is not None for r in rows)
+    extra = " fps |" if with_fps else ""
+    lines = ["| method | " + " | ".join(columns) + " | s/MP |" + extra + " parameters |",
+             "|---|" + "---|" * len(columns) + "---|" + ("---|" if with_fps else "") + "---|"]
     for r in rows:
         if r.note:
-            lines.append(f"| {r.method} | " + " | ".join("–" for _ in columns) + f" | – | {r.note} |")
+            lines.append(f"| {r.method} | " + " | ".join("–" for _ in columns) + " | – |"
+                         + (" – |" if with_fps else "") + f" {r.note} |")
             continue
         cells = [f"{r.cells[c]['psnr']:.2f} / {r.cells[c]['ssim']:.4f}" if c in r.cells else "–" for c in columns]
         sec = f"{r.seconds_per_mp:.3f}" if r.seconds_per_mp is not None else "–"
-        lines.append(f"| {r.method} | " + " | ".join(cells) + f" | {sec} | {r.parameters:,} |")
+        fps = (f" {r.fps:.2f} |" if r.fps is not None else " – |") if with_fps else ""
+        lines.append(f"| {r.method} | " + " | ".join(cells) + f" | {sec} |{fps} {r.parameters:,} |")
     return "\n".join(lines)
 
 
 def rows_to_json(rows: list[BenchRow]) -> str:
     return json.dumps([{"method": r.method, "cells": r.cells, "seconds_per_mp": r.seconds_per_mp,
-                        "parameters": r.parameters, "note": r.note} for r in rows], indent=2)
+                        "parameters": r.parameters, "fps": r.fps, "note": r.note} for r in rows], indent=2)
+
+
+def bench_vsr(models: Sequence[str], data: dict[str, Path], scale: int = 4, engine: Engine | None = None,
+              registry: Registry | None = None, log: Callable[[str], None] = print,
+              cancel: CancelToken | None = None) -> list[BenchRow]:
+    """Video super-resolution: every model on the clips by the vsr eval protocol (Y, no crop)."""
+    engine = engine or Engine(EngineConfig())
+    settings = [(f"×{scale}", VSRProtocol(scale=scale))]
+    return run_bench("vsr", _registered(models, engine, registry or default_registry()), data, settings, log, cancel)
+
+
+def frames_per_second(restorer: Restorer, size: tuple[int, int] = (180, 320), frames: int = 12) -> float:
+    """Frames per second of a super-resolution model on a synthetic clip of ``size`` (h, w) input
+    frames, after one warm-up frame (for 180p → 720p at ×4)."""
+    rng = np.random.default_rng(0)
+    clip = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(frames + 1)]
+    list(restorer.restore_frames(clip[:1]))
+    t = time.perf_counter()
+    n = sum(1 for _ in restorer.restore_frames(clip[1:]))
+    return n / (time.perf_counter() - t)
 
 
 # ---------------------------------------------------------------------------------------------

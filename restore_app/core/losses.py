@@ -110,4 +110,9 @@ def l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred.float() - target.float()).abs().mean()
 
 
-LOSSES = {"mix": mix_loss, "l1": l1_loss}
+def l2_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error in float32 (BRCN's training loss)."""
+    return (pred.float() - target.float()).pow(2).mean()
+
+
+LOSSES = {"mix": mix_loss, "l1": l1_loss, "l2": l2_loss}

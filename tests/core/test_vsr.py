@@ -93,3 +93,28 @@ def test_luma_clip_model_on_colour_frames_and_tiling():
     tiled = list(_clip_restorer(net, [1], tile=32).restore_frames(frames))
     assert whole[0].shape == (140, 160, 3)
     assert max(np.abs(a.astype(int) - b.astype(int)).max() for a, b in zip(whole, tiled, strict=True)) <= 1
+
+
+def test_synthetic_clips_move_and_shrink(coffee):
+    from restore_app.core.io import to_float
+    from restore_app.core.train.vsr import VSRTrainConfig, synth_clip
+
+    cfg = VSRTrainConfig(frames=6, max_shift=2.0, max_zoom=0.0, max_rotate=0.0, blur_prob=0.0, noise_max=0.0)
+    lr, hr = synth_clip(to_float(coffee), np.random.default_rng(3), cfg, 16)
+    assert lr.shape == (6, 16, 16, 3) and hr.shape == (6, 64, 64, 3)
+    assert np.allclose(lr * 255, np.rint(lr * 255), atol=1e-3)  # 8-bit low-resolution frames
+    assert not np.allclose(hr[0], hr[-1])  # the camera moved
+
+
+def test_brcn_starts_from_its_trained_ablation(tmp_path):
+    from safetensors.torch import save_file
+
+    from restore_app.core.train.vsr import VSRTrainConfig, build
+
+    torch.manual_seed(0)
+    ff = BRCN(scale=2, recurrent=False, conditional=False)
+    save_file({k: v.contiguous() for k, v in ff.state_dict().items()}, str(tmp_path / "ff.safetensors"))
+    net = build(VSRTrainConfig(arch="brcn", scale=2, init_ablation=tmp_path / "ff.safetensors"))
+    x = torch.rand(1, 4, 1, 10, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), ff(x))  # identical until training moves the new connections

@@ -79,6 +79,8 @@ class Task(Protocol):
     def validate(self, model: nn.Module, device: torch.device, precision: str) -> dict[str, float]:
         """Scores on held-out data; must contain ``"score"`` (higher is better)."""
 
+    # optional: ``predict(model, inputs)`` when the model's output needs reshaping for the loss
+
 
 @dataclass
 class TrainResult:
@@ -134,6 +136,7 @@ def train(task: Task, cfg: TrainConfig, *, log: Callable[[str], None] = print,
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     rng = np.random.default_rng(cfg.seed)
     loss_fn = LOSSES[cfg.loss]
+    predict = getattr(task, "predict", None) or (lambda m, x: m(x))
     step, best, best_step, elapsed = 0, -math.inf, 0, 0.0
 
     state_path, rng_path = out / "state.pt", out / "rng.json"
@@ -162,11 +165,11 @@ def train(task: Task, cfg: TrainConfig, *, log: Callable[[str], None] = print,
             group["lr"] = lr_at(step, cfg)
         inputs, targets = task.batch(rng, cfg.batch)
         inputs = inputs.to(device, non_blocking=True)
-        if device.type == "cpu":
+        if device.type == "cpu" and inputs.ndim == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)
         with autocast:
-            pred = model(inputs)
+            pred = predict(model, inputs)
         loss = loss_fn(pred.float(), targets)
         if not torch.isfinite(loss):
             raise RuntimeError(f"loss became {loss.item()} at step {step}; lower the learning rate")
