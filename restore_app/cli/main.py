@@ -120,11 +120,13 @@ def _train_tasks() -> dict:
     """Task name → (config dataclass, module path of its task class); imported lazily."""
     from restore_app.core.train.demosaic import DemosaicTrainConfig
     from restore_app.core.train.jpeg import JpegTrainConfig
+    from restore_app.core.train.segment import SegmentTrainConfig
     from restore_app.core.train.vsr import VSRTrainConfig
 
     return {"demosaic": (DemosaicTrainConfig, "restore_app.core.train.demosaic:DemosaicTask"),
             "jpeg": (JpegTrainConfig, "restore_app.core.train.jpeg:JpegTask"),
-            "vsr": (VSRTrainConfig, "restore_app.core.train.vsr:VSRTask")}
+            "vsr": (VSRTrainConfig, "restore_app.core.train.vsr:VSRTask"),
+            "segment": (SegmentTrainConfig, "restore_app.core.train.segment:SegmentTask")}
 
 
 def _dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
@@ -216,8 +218,15 @@ def cmd_run(args) -> int:
     unit = "frame" if kind is MediaKind.VIDEO else "tile"
     with ProgressBar(f"{args.model}", unit=unit) as bar:
         out = process_file(args.input, args.output, restorer, options, progress=bar)
+    extra = ""
+    if restorer.manifest.output == "labels":
+        from restore_app.core.io import read_image
+        from restore_app.core.segment import companion_paths
+
+        overlay_path, csv_path = companion_paths(out)
+        extra = f"; {int(read_image(out).max())} instances, overlay {overlay_path.name}, table {csv_path.name}"
     print(f"wrote {out} ({args.model} on {restorer.engine.device}, {restorer.precision}, "
-          f"{restorer.seconds:.2f} s in the model)")
+          f"{restorer.seconds:.2f} s in the model{extra})")
     return 0
 
 

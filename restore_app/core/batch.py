@@ -247,6 +247,7 @@ class _Item:
     reference: np.ndarray | None = None
     model_input: np.ndarray | None = None
     sigma: float | None = None
+    source: np.ndarray | None = None  # the input image, kept for the overlay of a label map
     high_bit_depth: bool = False
     seconds: dict = field(default_factory=dict)
 
@@ -380,6 +381,8 @@ def _process(cfg: BatchConfig, restorers: Sequence[Restorer], options: RunOption
             except Exception as exc:  # any failure is that file's, and the batch goes on
                 fail(item, exc)
                 continue
+            if restorers[-1].manifest.output == "labels":
+                item.source = item.decoded.image if item.model_input is None else item.model_input
             item.decoded = None  # free the input while the result is being written
             writing.append((item, encoders.submit(_encode, item, result, restorers[-1].manifest, options)))
             while writing and (writing[0][1].done() or len(writing) > lookahead):
@@ -441,7 +444,7 @@ def _restore(item: _Item, restorers: Sequence[Restorer], options: RunOptions,
 def _encode(item: _Item, result: np.ndarray, last, options: RunOptions) -> dict:
     t = time.perf_counter()
     item.dst.parent.mkdir(parents=True, exist_ok=True)
-    encode_output(item.dst, result, last, options, high_bit_depth=item.high_bit_depth)
+    encode_output(item.dst, result, last, options, high_bit_depth=item.high_bit_depth, source=item.source)
     metrics = {}
     if item.reference is not None and last.output == "image":
         if item.reference.shape != result.shape:

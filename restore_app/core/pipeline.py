@@ -40,6 +40,7 @@ from restore_app.core.jobs import CancelToken, ProgressCallback, check_cancel
 from restore_app.core.noise import bayer_block_mean, estimate_sigma, sensor_noise_map
 from restore_app.core.registry import LoadedModel, ModelManifest, Registry, default_registry
 from restore_app.core.resize import imresize
+from restore_app.core.segment import write_segmentation
 
 
 class Restorer:
@@ -173,7 +174,9 @@ class Restorer:
                            for i in range(t.shape[0])])
         out = self._forward(t, progress, cancel)
         if m.output == "labels":
-            return out[:, 0].round().to(torch.int64).numpy()
+            postprocess = getattr(self.module, "postprocess", None)  # maps → instances, after stitching
+            labels = postprocess(out) if postprocess is not None else out[:, :1]
+            return labels[:, 0].round().to(torch.int64).numpy()
         res = out.permute(0, 2, 3, 1).numpy()
         if chroma is not None:
             if m.scale > 1:
@@ -352,15 +355,6 @@ def _check_output_kind(output: Path, video: bool) -> None:
                           f"use one of {' '.join(sorted(allowed))}")
 
 
-def write_labels(path: Path, labels: np.ndarray) -> Path:
-    """Write an instance label map as 16-bit PNG or TIFF (0 = background)."""
-    if labels.max(initial=0) > 65535:
-        raise OutputError(f"{path}: {labels.max()} instances do not fit in a 16-bit label map")
-    if path.suffix.lower() not in (".png", ".tif", ".tiff"):
-        raise OutputError(f"{path}: label maps are written as 16-bit .png or .tif")
-    return write_image(path, labels.astype(np.uint16), bit_depth=16)
-
-
 @dataclass
 class Decoded:
     """An input file read and ready for the models: a float image, or a camera RAW mosaic."""
@@ -415,11 +409,12 @@ def restore_decoded(decoded: Decoded, restorers: Sequence[Restorer], options: Ru
 
 
 def encode_output(dst: Path, result: np.ndarray, last: ModelManifest, options: RunOptions,
-                  high_bit_depth: bool = False) -> Path:
+                  high_bit_depth: bool = False, source: np.ndarray | None = None) -> Path:
     """Write a result atomically (the third stage of :func:`process_file`): a label map as 16-bit
-    PNG/TIFF; an image at ``options.bit_depth``, else 16 bits for TIFF and high-bit-depth input."""
+    PNG/TIFF with its overlay on ``source`` and its instance table beside it; an image at
+    ``options.bit_depth``, else 16 bits for TIFF and high-bit-depth input."""
     if last.output == "labels":
-        return write_labels(dst, result)
+        return write_segmentation(dst, result, source)
     depth = options.bit_depth or (16 if high_bit_depth or dst.suffix.lower() in (".tif", ".tiff") else 8)
     return write_image(dst, result, quality=options.quality, bit_depth=depth)
 
@@ -441,7 +436,7 @@ def process_file(input_path: str | Path, output_path: str | Path, restorer: Rest
     decoded = decode_input(src)
     result = restore_decoded(decoded, restorers, options, progress=progress, cancel=cancel)
     check_cancel(cancel)
-    return encode_output(dst, result, restorers[-1].manifest, options, decoded.high_bit_depth)
+    return encode_output(dst, result, restorers[-1].manifest, options, decoded.high_bit_depth, decoded.image)
 
 
 def process_video(src: Path, dst: Path, restorer: Restorer | Sequence[Restorer], options: RunOptions, *,

@@ -110,6 +110,10 @@ class ExportActions:
     def export_result(self, path: str | Path, quality: int = 95) -> Path:
         if self.vm.result is None:
             raise RestoreError("nothing to export yet: run a model first")
+        if self.vm.labels is not None:  # a label map, with its overlay and instance table beside it
+            from restore_app.core.segment import write_segmentation
+
+            return write_segmentation(Path(path), self.vm.labels, self.vm.before())
         return write_image(path, self.vm.result, quality=quality,
                            bit_depth=16 if Path(path).suffix.lower() in (".tif", ".tiff") else None)
 

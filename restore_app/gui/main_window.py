@@ -36,15 +36,17 @@ from restore_app.gui.theme import apply_theme
 from restore_app.gui.viewmodels import EtaEstimator, MainViewModel, MetricsReport
 from restore_app.gui.widgets.compare_view import CompareView
 from restore_app.gui.widgets.image_view import Pyramid, pyramid_levels
-from restore_app.gui.widgets.panels import CardDialog, MetricsPanel, ModelPanel, SimulatePanel, VideoBar
+from restore_app.gui.widgets.panels import CardDialog, MetricsPanel, ModelPanel, SegmentPanel, SimulatePanel, VideoBar
 from restore_app.gui.worker import JobRunner
 
 
 @dataclass
 class Prepared:
-    """A result with its display pyramid, heat-map pyramid and metrics, made on the worker thread."""
+    """A result with what shows it (an overlay for label maps), its display pyramid, heat-map pyramid
+    and metrics, all made on the worker thread."""
 
     image: np.ndarray
+    display: np.ndarray
     levels: list[np.ndarray]
     heat: list[np.ndarray] | None
     metrics: MetricsReport | str | None
@@ -98,9 +100,11 @@ class MainWindow(QMainWindow, VideoActions, FolderActions, ExportActions):
         self.models = ModelPanel()
         self.simulate = SimulatePanel()
         self.metrics = MetricsPanel()
+        self.segments = SegmentPanel()
+        self.segments.hide()
         side = QWidget()
         side_col = QVBoxLayout(side)
-        for w in (self.models, self.simulate, self.metrics):
+        for w in (self.models, self.simulate, self.metrics, self.segments):
             side_col.addWidget(w)
         side_col.addStretch(1)
         scroll = QScrollArea()
@@ -221,6 +225,7 @@ class MainWindow(QMainWindow, VideoActions, FolderActions, ExportActions):
         if not self._guard(self.vm.open, path):
             return False
         doc = self.vm.document
+        self.segments.show_instances(None)
         self.setWindowTitle(f"Restore — {doc.title}")
         self.video_bar.setVisible(doc.kind is MediaKind.VIDEO)
         if doc.video is not None:
@@ -304,7 +309,8 @@ class MainWindow(QMainWindow, VideoActions, FolderActions, ExportActions):
         def restore_and_prepare(progress, cancel):
             image = job(progress, cancel)
             # everything the window needs to show the result is computed here, not on the UI thread
-            return Prepared(image, pyramid_levels(image), *_analyse(vm, image))
+            display = vm.display_of(image)
+            return Prepared(image, display, pyramid_levels(display), *_analyse(vm, image))
 
         self.runner.start(restore_and_prepare)
 
@@ -315,8 +321,9 @@ class MainWindow(QMainWindow, VideoActions, FolderActions, ExportActions):
 
     def _finished(self, result) -> None:
         if isinstance(result, Prepared):
-            self.vm.set_result(result.image)
-            Pyramid.of(result.image, result.levels)
+            self.vm.set_result(result.image, result.display)
+            Pyramid.of(result.display, result.levels)
+            self.segments.show_instances(self.vm.instances() if self.vm.labels is not None else None)
             self._show(result.heat, result.metrics)
             self.models.eta.setText("done")
             self.statusBar().showMessage(f"Restored with {' → '.join(self.vm.result_chain)}", 5000)

@@ -33,6 +33,7 @@ from restore_app.core.metrics import Scores, compare, error_map
 from restore_app.core.pipeline import CHAIN_ORDER, Restorer, check_chain, develop_raw, restore_chain
 from restore_app.core.registry import ModelManifest, Registry
 from restore_app.core.resize import imresize
+from restore_app.core.segment import instance_table, overlay
 from restore_app.core.simulate import Degradation, Simulated, simulate
 from restore_app.gui.settings import Settings
 
@@ -149,7 +150,8 @@ class MainViewModel:
         self.chain: list[str] = []
         self.sigma: float | None = None  # None: estimate from the input
         self.pattern = "RGGB"
-        self.result: np.ndarray | None = None
+        self.result: np.ndarray | None = None  # what is shown as "after" (an overlay for label maps)
+        self.labels: np.ndarray | None = None  # the instance label map of a segmentation model
         self.result_chain: list[str] = []
         self.use_y = False
         self.crop = 0
@@ -288,9 +290,25 @@ class MainViewModel:
 
         return job
 
-    def set_result(self, image: np.ndarray) -> None:
-        self.result = image
+    def display_of(self, result: np.ndarray) -> np.ndarray:
+        """What to show for a result: the image itself, or a label map's overlay on the input."""
+        if result.dtype.kind in "iu":
+            base = self.simulated.model_input if self.simulated is not None else self.before()
+            return overlay(base, result).astype(np.float32) / 255.0
+        return result
+
+    def set_result(self, result: np.ndarray, display: np.ndarray | None = None) -> None:
+        is_labels = result.dtype.kind in "iu"
+        self.labels = result if is_labels else None
+        self.result = display if display is not None else self.display_of(result)
         self.result_chain = list(self.chain)
+
+    def instances(self) -> list[dict]:
+        """The instance table of a segmentation result (empty otherwise)."""
+        if self.labels is None:
+            return []
+        base = self.simulated.model_input if self.simulated is not None else self.before()
+        return instance_table(self.labels, base)
 
     # -- what is shown ---------------------------------------------------------------------------
     def before(self) -> np.ndarray | None:
@@ -315,9 +333,11 @@ class MainViewModel:
         bilinear demosaic), as the benchmarks do. ``result`` scores a result not yet set (a worker
         thread computes the metrics before handing the result to the window).
         """
+        if result is None and self.labels is not None:
+            return None  # a label map is not scored against an image
         result = self.result if result is None else result
         gt = self.ground_truth()
-        if gt is None:
+        if gt is None or result is not None and result.dtype.kind in "iu":
             return None
         rows = []
         degraded = self._degraded_for_metrics()
@@ -375,7 +395,7 @@ class MainViewModel:
         """Per-pixel error of the result against the reference (or against the input if there is
         no reference and the sizes match)."""
         result = self.result if result is None else result
-        if result is None:
+        if result is None or self.labels is not None or result.dtype.kind in "iu":
             return None
         other = self.ground_truth()
         if other is None and self.before() is not None and self.before().shape == result.shape:

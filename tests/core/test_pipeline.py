@@ -124,6 +124,10 @@ def test_labels_written_as_16bit(tmp_path):
     out = process_file(src, tmp_path / "labels.png", Restorer.from_id("he-watershed"))
     labels = read_image(out)
     assert labels.dtype == np.uint16 and len(np.unique(labels)) - 1 == 3
+    overlay = read_image(tmp_path / "labels.overlay.png")
+    assert overlay.shape == (80, 80, 3)
+    rows = (tmp_path / "labels.csv").read_text().splitlines()
+    assert rows[0].startswith("id,area,centroid_x") and len(rows) == 4
     with pytest.raises(OutputError, match="gives a label map"):
         process_file(src, tmp_path / "labels.jpg", Restorer.from_id("he-watershed"))
 

@@ -226,3 +226,20 @@ def test_process_a_folder_with_the_batch_core(qtbot, window, tmp_path, coffee):
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["0.png", "1.png", "2.png"]
     assert "3 restored" in window.statusBar().currentMessage()
     assert window.banner.isVisible() and "bad.png" in window.banner.text()
+
+
+def test_segmentation_shows_overlay_count_and_table(qtbot, window, tmp_path):
+    yy, xx = np.mgrid[0:120, 0:160]
+    rgb = np.full((120, 160, 3), 0.9, np.float32)
+    for cy, cx in ((30, 30), (30, 80), (80, 50), (85, 120)):
+        rgb[(yy - cy) ** 2 + (xx - cx) ** 2 < 150] = (0.35, 0.2, 0.55)
+    window.open_path(write_image(tmp_path / "cells.png", rgb))
+    window.set_chain(["he-watershed"])
+    _run_and_wait(qtbot, window)
+    assert window.vm.labels is not None and window.vm.labels.max() == 4
+    assert window.segments.isVisible() and window.segments.count.text() == "4 instances"
+    assert window.segments.table.rowCount() == 4
+    assert window.vm.result.shape == (120, 160, 3)  # the overlay is what is shown
+    out = window.export_result(tmp_path / "labels.png")
+    assert read_image(out).dtype == np.uint16 and (tmp_path / "labels.csv").is_file()
+    assert (tmp_path / "labels.overlay.png").is_file()

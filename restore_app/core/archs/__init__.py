@@ -17,4 +17,5 @@ ARCHITECTURES: dict[str, str] = {
     "jpeg_unet": "restore_app.core.archs.jpeg_unet:JpegUNet",
     "brcn": "restore_app.core.archs.brcn:BRCN",
     "recurrent_vsr": "restore_app.core.archs.vsr_net:RecurrentVSR",
+    "dwt_net": "restore_app.core.archs.dwt_net:DWTNet",
 }

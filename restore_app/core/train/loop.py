@@ -58,10 +58,15 @@ class TrainConfig:
         check_range(self.batch, 1, 4096, "batch")
         check_range(self.patch, 16, 4096, "patch")
         check_range(self.lr, 0.0, 1.0, "lr")
-        check_choice(self.loss, tuple(LOSSES), "loss")
+        check_choice(self.loss, self.loss_choices(), "loss")
         check_choice(self.precision, ("auto", "fp32", "bf16", "fp16"), "precision")
         if self.init is not None:
             self.init = Path(self.init)
+
+    @classmethod
+    def loss_choices(cls) -> tuple[str, ...]:
+        """Losses this task accepts (the shared ones; a task with its own loss says so)."""
+        return tuple(LOSSES)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (str(v) if isinstance(v := getattr(self, f.name), Path) else
@@ -79,7 +84,8 @@ class Task(Protocol):
     def validate(self, model: nn.Module, device: torch.device, precision: str) -> dict[str, float]:
         """Scores on held-out data; must contain ``"score"`` (higher is better)."""
 
-    # optional: ``predict(model, inputs)`` when the model's output needs reshaping for the loss
+    # optional: ``predict(model, inputs)`` when the model's output needs reshaping for the loss, and
+    # ``loss(pred, targets)`` for a task with a loss of its own
 
 
 @dataclass
@@ -135,7 +141,7 @@ def train(task: Task, cfg: TrainConfig, *, log: Callable[[str], None] = print,
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     rng = np.random.default_rng(cfg.seed)
-    loss_fn = LOSSES[cfg.loss]
+    loss_fn = getattr(task, "loss", None) or LOSSES[cfg.loss]
     predict = getattr(task, "predict", None) or (lambda m, x: m(x))
     step, best, best_step, elapsed = 0, -math.inf, 0, 0.0
 

@@ -257,6 +257,38 @@ class MetricsPanel(QGroupBox):
         return item.text() if item is not None else ""
 
 
+class SegmentPanel(QGroupBox):
+    """The instance count and table of a segmentation result."""
+
+    COLUMNS = ("id", "area", "centroid_x", "centroid_y", "mean_intensity")
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("Instances", parent)
+        self.count = QLabel()
+        self.table = QTableWidget(0, len(self.COLUMNS))
+        self.table.setHorizontalHeaderLabels(["#", "area (px)", "x", "y", "mean"])
+        self.table.verticalHeader().setVisible(False)
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.table.setSortingEnabled(True)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.count)
+        layout.addWidget(self.table)
+
+    def show_instances(self, rows: list[dict] | None) -> None:
+        self.setVisible(rows is not None)
+        if rows is None:
+            return
+        self.count.setText(f"{len(rows)} instances")
+        self.table.setSortingEnabled(False)
+        self.table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, key in enumerate(self.COLUMNS):
+                item = QTableWidgetItem()
+                item.setData(Qt.ItemDataRole.DisplayRole, row.get(key, ""))
+                self.table.setItem(r, c, item)
+        self.table.setSortingEnabled(True)
+
+
 class VideoBar(QWidget):
     """Frame slider, play/pause and "process whole video"."""
 

@@ -1,0 +1,81 @@
+"""Deep Watershed Transform (Bai and Urtasun, CVPR 2017) as one small encoder-decoder for the CPU.
+
+One shared U-Net (four scales, batch-normalised conv pairs) feeds three heads:
+
+* **foreground**: one logit per pixel (the paper took this from a separate semantic network; here the
+  same network predicts it);
+* **direction** (the paper's Direction Network): a unit vector per pixel pointing away from the
+  nearest instance boundary, the normalised gradient of the distance transform;
+* **energy** (the Watershed Transform Network): 16 quantised levels of distance to the boundary,
+  computed from the decoder features *and* the predicted direction field, as the paper's WTN takes
+  the DN's output as its input.
+
+``forward`` returns the heads as one ``(B, 19, H, W)`` map (logit, dx, dy, 16 energy logits) so the
+engine can tile and blend it; :func:`restore_app.core.segment.instances_from_maps` turns the
+stitched maps into instances (the post-processing is its own function, and the Restorer calls it
+through :meth:`DWTNet.postprocess`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from restore_app.core.checks import check_tensor
+
+ENERGY_LEVELS = 16
+
+
+def _pair(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class DWTNet(nn.Module):
+    """``(B, 3, H, W)`` RGB in [0, 1] → ``(B, 19, H, W)``: foreground logit, direction (2), energy
+    logits (16). Sizes need not be multiples of 8 (reflect padding inside).
+
+    >>> DWTNet(widths=(8, 8, 8, 8))(torch.rand(1, 3, 30, 45)).shape
+    torch.Size([1, 19, 30, 45])
+    """
+
+    def __init__(self, widths: tuple[int, int, int, int] = (24, 48, 96, 128), cut_level: int = 3,
+                 min_area: int = 8) -> None:
+        super().__init__()
+        w0, w1, w2, w3 = widths
+        self.cut_level, self.min_area = int(cut_level), int(min_area)
+        self.enc0, self.enc1, self.enc2, self.enc3 = _pair(3, w0), _pair(w0, w1), _pair(w1, w2), _pair(w2, w3)
+        self.up2, self.dec2 = nn.ConvTranspose2d(w3, w2, 2, stride=2), _pair(2 * w2, w2)
+        self.up1, self.dec1 = nn.ConvTranspose2d(w2, w1, 2, stride=2), _pair(2 * w1, w1)
+        self.up0, self.dec0 = nn.ConvTranspose2d(w1, w0, 2, stride=2), _pair(2 * w0, w0)
+        self.fg = nn.Conv2d(w0, 1, 1)
+        self.direction = nn.Conv2d(w0, 2, 1)
+        self.energy = nn.Sequential(nn.Conv2d(w0 + 2, w0, 3, padding=1), nn.ReLU(inplace=True),
+                                    nn.Conv2d(w0, w0, 3, padding=1), nn.ReLU(inplace=True),
+                                    nn.Conv2d(w0, ENERGY_LEVELS, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_tensor(x, "input", ndim=4, channels=3)
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % 8, (-w) % 8
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="reflect")
+        e0 = self.enc0(x)
+        e1 = self.enc1(F.max_pool2d(e0, 2))
+        e2 = self.enc2(F.max_pool2d(e1, 2))
+        e3 = self.enc3(F.max_pool2d(e2, 2))
+        d2 = self.dec2(torch.cat([self.up2(e3), e2], dim=1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], dim=1))
+        d0 = self.dec0(torch.cat([self.up0(d1), e0], dim=1))
+        direction = F.normalize(self.direction(d0), dim=1, eps=1e-6)
+        energy = self.energy(torch.cat([d0, direction], dim=1))
+        return torch.cat([self.fg(d0), direction, energy], dim=1)[..., :h, :w]
+
+    def postprocess(self, maps: torch.Tensor) -> torch.Tensor:
+        """``(B, 19, H, W)`` maps → ``(B, 1, H, W)`` int64 instance labels (0 = background)."""
+        from restore_app.core.segment import instances_from_maps
+
+        labels = [instances_from_maps(m.float().cpu().numpy(), self.cut_level, self.min_area) for m in maps]
+        return torch.from_numpy(np.stack(labels)[:, None]).to(torch.int64)

@@ -1,0 +1,116 @@
+"""Deep Watershed Transform pieces: targets, instances from maps, the network, outputs, training data."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from restore_app.core.archs.dwt_net import DWTNet
+from restore_app.core.io import read_image
+from restore_app.core.metrics import instance_scores
+from restore_app.core.segment import (dwt_targets, instance_table, instances_from_maps, overlay,
+                                      write_segmentation)
+
+
+def _touching_discs():
+    yy, xx = np.mgrid[0:80, 0:120]
+    labels = np.zeros((80, 120), np.int64)
+    for i, (cy, cx, r) in enumerate(((40, 30, 16), (40, 60, 15), (20, 95, 9)), start=1):
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = i  # discs 1 and 2 touch
+    return labels
+
+
+def _oracle_maps(labels):
+    t = dwt_targets(labels)
+    maps = np.zeros((19, *labels.shape), np.float32)
+    maps[0] = np.where(t["fg"] > 0, 5, -5)
+    maps[1:3] = t["direction"]
+    maps[3:] = -10
+    np.put_along_axis(maps[3:], t["energy"][None], 10, axis=0)
+    return maps, t
+
+
+def test_targets():
+    labels = _touching_discs()
+    t = dwt_targets(labels)
+    assert t["energy"][labels == 0].max() == 0 and t["energy"][40, 30] >= 8  # deep inside the big disc
+    assert t["energy"][40, 14] == 1  # its boundary
+    norm = np.hypot(*t["direction"][:, labels > 0])
+    assert np.allclose(norm[norm > 0], 1, atol=1e-4)
+    assert t["direction"][0, 40, 20] > 0.9  # left of the centre: points right, away from the boundary
+    areas = np.bincount(labels.ravel())
+    assert t["weight"][40, 30] == pytest.approx(1 / np.sqrt(areas[1]))
+
+
+def test_instances_from_oracle_maps_split_touching_objects():
+    labels = _touching_discs()
+    maps, _ = _oracle_maps(labels)
+    pred = instances_from_maps(maps, cut_level=2)
+    assert pred.max() == 3
+    assert instance_scores(labels, pred)["ap50"] == 1.0
+
+
+@pytest.mark.data
+def test_oracle_maps_on_real_labels(datasets):
+    labels = read_image(datasets / "nuclei_he" / "labels" / "image06.png").astype(np.int64)
+    maps, _ = _oracle_maps(labels)
+    assert instance_scores(labels, instances_from_maps(maps, cut_level=2))["ap50"] > 0.9
+
+
+def test_network_and_postprocess():
+    torch.manual_seed(0)
+    net = DWTNet(widths=(8, 8, 16, 16), cut_level=2).eval()
+    with torch.no_grad():
+        maps = net(torch.rand(2, 3, 37, 50))
+    assert maps.shape == (2, 19, 37, 50)
+    assert torch.allclose(maps[:, 1:3].norm(dim=1), torch.ones(1), atol=1e-3)
+    labels = net.postprocess(torch.from_numpy(np.stack([_oracle_maps(_touching_discs())[0]] * 2)))
+    assert labels.shape == (2, 1, 80, 120) and labels.dtype == torch.int64 and int(labels.max()) == 3
+
+
+def test_outputs(tmp_path):
+    labels = _touching_discs()
+    image = np.full((80, 120, 3), 0.8, np.float32)
+    image[labels == 1] = 0.2
+    rows = instance_table(labels, image)
+    assert [r["id"] for r in rows] == [1, 2, 3]
+    assert rows[0]["area"] == int((labels == 1).sum()) and rows[0]["mean_intensity"] == pytest.approx(0.2)
+    assert rows[2]["bbox_width"] == 19 and abs(rows[0]["centroid_x"] - 30) < 0.5
+    ov = overlay(image, labels)
+    assert ov.shape == (80, 120, 3) and ov.dtype == np.uint8 and not np.array_equal(ov[40, 30], ov[5, 5])
+    path = write_segmentation(tmp_path / "cells.png", labels, image)
+    back = read_image(path)
+    assert back.dtype == np.uint16 and np.array_equal(back, labels)
+    with open(tmp_path / "cells.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 3
+    assert (tmp_path / "cells.overlay.png").is_file()
+
+
+def test_training_batches(tmp_path, coffee):
+    from restore_app.core.io import write_image
+    from restore_app.core.train.segment import SegmentTask, SegmentTrainConfig
+
+    data = tmp_path / "tiles"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    labels = np.zeros((160, 200), np.uint16)
+    labels[:80, :120] = _touching_discs()
+    image = np.ascontiguousarray(coffee[:160, :200])
+    for name in ("a.png", "b.png"):
+        write_image(data / "images" / name, image)
+        write_image(data / "labels" / name, labels)
+    textures = tmp_path / "tex"
+    textures.mkdir()
+    write_image(textures / "t.png", coffee)
+    cfg = SegmentTrainConfig(data=data, textures=(textures,), holdout="b.png", patch=64, widths="8,8,8,8")
+    task = SegmentTask(cfg)
+    assert len(task.tiles) == 1  # the held-out tile is never loaded
+    x, y = task.batch(np.random.default_rng(0), 6)
+    assert x.shape == (6, 3, 64, 64) and y.shape == (6, 5, 64, 64)
+    loss = task.loss(task.model(x), y)
+    assert torch.isfinite(loss) and loss > 0
+    scores = task.validate(task.model, torch.device("cpu"), "fp32")
+    assert scores["cut_level"] in (2.0, 3.0, 4.0) and "score" in scores
