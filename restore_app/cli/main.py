@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"restore {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="restore one image, camera RAW file or video")
+    p = sub.add_parser("run", help="restore one image, camera RAW file, video or folder of frames")
     p.add_argument("input", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--model", help="model id (see `restore models`); RAW files default to the "
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP output quality (1–100)")
     p.add_argument("--crf", type=int, default=18, help="video output quality, x264 CRF (0–51)")
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=None, help="PNG/TIFF bit depth")
+    p.add_argument("--fps", type=float, default=25.0, help="frame rate of a video made from a folder of frames")
     _engine_args(p)
 
     p = sub.add_parser("compare", help="PSNR, SSIM and MS-SSIM of B against reference A")
@@ -207,13 +208,13 @@ def cmd_run(args) -> int:
     from restore_app.core.registry import default_registry
 
     registry = default_registry()
-    kind = media_kind(args.input)
+    kind = MediaKind.VIDEO if args.input.is_dir() else media_kind(args.input)
     if args.model is None:
         if kind is not MediaKind.RAW:
             raise _UsageError("--model is required (see `restore models`)")
         args.model = registry.default("demosaic").id
     options = RunOptions(pattern=args.pattern, sigma=None if args.sigma is None else args.sigma / 255.0,
-                         quality=args.quality, crf=args.crf, bit_depth=args.bit_depth)
+                         quality=args.quality, crf=args.crf, bit_depth=args.bit_depth, fps=args.fps)
     restorer = Restorer(registry.load(args.model), _engine(args))
     unit = "frame" if kind is MediaKind.VIDEO else "tile"
     with ProgressBar(f"{args.model}", unit=unit) as bar:

@@ -44,6 +44,7 @@ from restore_app.core.pipeline import (
     check_chain,
     decode_input,
     encode_output,
+    inside,
     process_video,
     restore_chain,
     restore_decoded,
@@ -118,19 +119,11 @@ class BatchSummary:
 # discovery and paths
 
 
-def _inside(child: Path, parent: Path) -> bool:
-    try:
-        child.resolve().relative_to(parent.resolve())
-    except ValueError:
-        return False
-    return True
-
-
 def check_folders(cfg: BatchConfig) -> None:
     """Refuse to write into the input tree, and prove the output folder writable before any work."""
     if not cfg.in_dir.is_dir():
         raise InputError(f"{cfg.in_dir}: no such folder")
-    if _inside(cfg.out_dir, cfg.in_dir):
+    if inside(cfg.out_dir, cfg.in_dir):
         raise OutputError(f"{cfg.out_dir}: the output folder must not be inside the input folder {cfg.in_dir}")
     if cfg.reference_dir is not None and not cfg.reference_dir.is_dir():
         raise InputError(f"{cfg.reference_dir}: no such reference folder")

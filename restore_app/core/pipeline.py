@@ -8,6 +8,7 @@ chroma upscaled bicubically), alpha channels, clipping. :func:`process_file` goe
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -328,6 +329,7 @@ class RunOptions:
     ``sigma``: noise level (in [0, 1] units) for models conditioned on it.
     ``quality``: JPEG/WebP quality of image outputs. ``crf``: x264 quality of video outputs.
     ``bit_depth``: 8 or 16 for PNG/TIFF (default: 16 for TIFF and for 16-bit input, else 8).
+    ``fps``: frame rate of a video made from a folder of frames.
     """
 
     pattern: str = "RGGB"
@@ -335,6 +337,7 @@ class RunOptions:
     quality: int = 95
     crf: int = 18
     bit_depth: int | None = None
+    fps: float = 25.0
 
     def __post_init__(self) -> None:
         check_choice(self.pattern, PATTERNS, "pattern")
@@ -344,6 +347,7 @@ class RunOptions:
         check_range(self.crf, 0, 51, "crf")
         if self.bit_depth is not None:
             check_choice(self.bit_depth, (8, 16), "bit_depth")
+        check_range(self.fps, 0.1, 1000, "fps")
 
 
 def _check_output_kind(output: Path, video: bool) -> None:
@@ -431,12 +435,63 @@ def process_file(input_path: str | Path, output_path: str | Path, restorer: Rest
     options = options or RunOptions()
     restorers = _as_chain(restorer)
     src, dst = Path(input_path), Path(output_path)
+    if src.is_dir():
+        return process_frames(src, dst, restorers, options, progress=progress, cancel=cancel)
     if check_job(src, dst, restorers) is MediaKind.VIDEO:
         return process_video(src, dst, restorers, options, progress=progress, cancel=cancel)
     decoded = decode_input(src)
     result = restore_decoded(decoded, restorers, options, progress=progress, cancel=cancel)
     check_cancel(cancel)
     return encode_output(dst, result, restorers[-1].manifest, options, decoded.high_bit_depth, decoded.image)
+
+
+def process_frames(src: Path, dst: Path, restorer: Restorer | Sequence[Restorer], options: RunOptions, *,
+                   progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> Path:
+    """Restore a folder of frames (image files, in natural order) into a video file (``dst`` with a
+    video extension, at ``options.fps``) or into a folder of PNG frames of the same names."""
+    from restore_app.core.evaluate import list_images
+
+    restorers = _as_chain(restorer)
+    check_chain([r.manifest for r in restorers])
+    files = list_images(src)
+    if not files:
+        raise InputError(f"{src}: no image files in this folder")
+    if inside(dst, src):
+        raise OutputError(f"{dst}: the output must not be inside the input folder {src}")
+
+    def frames() -> Iterator[np.ndarray]:
+        for f in files:
+            img = read_image(f)
+            img = img if img.dtype == np.uint8 else (to_float(img) * 255 + 0.5).astype(np.uint8)
+            yield img[..., :3] if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
+
+    stream: Iterable[np.ndarray] = frames()
+    for i, r in enumerate(restorers):
+        stream = r.restore_frames(stream, sigma=options.sigma if i == 0 else None, cancel=cancel)
+    stream = iter(stream)
+    if dst.suffix.lower() in VIDEO_OUTPUT_EXTENSIONS:
+        first = next(stream)
+        with VideoWriter(dst, first.shape[1], first.shape[0], options.fps, quality=options.crf) as writer:
+            for i, frame in enumerate(itertools.chain([first], stream)):
+                writer.write(frame)
+                if progress is not None:
+                    progress(i + 1, len(files))
+        return dst
+    dst.mkdir(parents=True, exist_ok=True)
+    for i, (f, frame) in enumerate(zip(files, stream, strict=False)):
+        write_image(dst / (f.stem + ".png"), frame)
+        if progress is not None:
+            progress(i + 1, len(files))
+    return dst
+
+
+def inside(child: Path, parent: Path) -> bool:
+    """Whether ``child`` is ``parent`` or lies under it (after resolving links)."""
+    try:
+        child.resolve().relative_to(parent.resolve())
+    except ValueError:
+        return False
+    return True
 
 
 def process_video(src: Path, dst: Path, restorer: Restorer | Sequence[Restorer], options: RunOptions, *,

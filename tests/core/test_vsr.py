@@ -118,3 +118,22 @@ def test_brcn_starts_from_its_trained_ablation(tmp_path):
     x = torch.rand(1, 4, 1, 10, 10)
     with torch.no_grad():
         torch.testing.assert_close(net(x), ff(x))  # identical until training moves the new connections
+
+
+def test_folder_of_frames_to_video_and_to_frames(tmp_path, coffee):
+    from restore_app.core.io import probe_video, read_image, write_image
+    from restore_app.core.pipeline import RunOptions, process_file
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(12):  # natural order: 2 before 10
+        write_image(frames / f"f{i}.png", np.ascontiguousarray(np.roll(coffee, 5 * i, axis=1)[:48, :64]))
+    r = Restorer.from_id("bicubic-x2")
+    out = process_file(frames, tmp_path / "out.mp4", r, RunOptions(fps=12))
+    info = probe_video(out)
+    assert (info.width, info.height, info.frame_count, float(info.fps)) == (128, 96, 12, 12.0)
+    folder = process_file(frames, tmp_path / "sr", r)
+    assert sorted(p.name for p in folder.iterdir())[:3] == ["f0.png", "f1.png", "f10.png"]
+    assert read_image(folder / "f3.png").shape == (96, 128, 3)
+    with pytest.raises(Exception, match="must not be inside"):
+        process_file(frames, frames / "sr", r)
