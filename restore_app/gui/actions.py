@@ -65,9 +65,7 @@ class VideoActions:
             return
         src = doc.path
         options = RunOptions(sigma=self.models.sigma_value())
-        self.eta.begin()
-        self.models.set_running(True)
-        self.runner.start(lambda progress, cancel: process_video(src, Path(out), restorers, options,
+        self.start_job(lambda progress, cancel: process_video(src, Path(out), restorers, options,
                                                                  progress=progress, cancel=cancel))
 
 
@@ -95,10 +93,7 @@ class FolderActions:
         except RestoreError as exc:
             self.show_error(str(exc))
             return
-        self.clear_error()
-        self.eta.begin()
-        self.models.set_running(True)
-        self.runner.start(lambda progress, cancel: run_batch(
+        self.start_job(lambda progress, cancel: run_batch(
             cfg, restorers, progress=lambda summary, _msg: progress(len(summary.results), summary.total),
             cancel=cancel))
 

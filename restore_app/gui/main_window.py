@@ -301,9 +301,6 @@ class MainWindow(QMainWindow, VideoActions, FolderActions, ExportActions):
         except RestoreError as exc:
             self.show_error(str(exc))
             return
-        self.clear_error()
-        self.eta.begin()
-        self.models.set_running(True)
         vm = self.vm
 
         def restore_and_prepare(progress, cancel):
@@ -312,7 +309,14 @@ class MainWindow(QMainWindow, VideoActions, FolderActions, ExportActions):
             display = vm.display_of(image)
             return Prepared(image, display, pyramid_levels(display), *_analyse(vm, image))
 
-        self.runner.start(restore_and_prepare)
+        self.start_job(restore_and_prepare)
+
+    def start_job(self, fn) -> None:
+        """Run ``fn(progress, cancel)`` on the worker thread with the progress bar and Cancel."""
+        self.clear_error()
+        self.eta.begin()
+        self.models.set_running(True)
+        self.runner.start(fn)
 
     def _progress(self, done: int, total: int) -> None:
         self.eta.update(done, total)

@@ -12,6 +12,13 @@ from restore_app.core.degrade import downsample
 from restore_app.core.errors import InputError
 from restore_app.core.evaluate import list_images
 from restore_app.core.io import read_image, to_float
+from restore_app.core.paths import datasets_dir
+
+
+def bsds_train_val() -> tuple[Path, ...]:
+    """The default training images: BSDS500 train and val from the shared datasets."""
+    root = datasets_dir() or Path("../shared/datasets")
+    return (root / "bsds500" / "train", root / "bsds500" / "val")
 
 
 def image_files(folders: Sequence[Path], exclude: Collection[Path] = ()) -> list[Path]:

@@ -22,23 +22,17 @@ from restore_app.core.engine import Engine, EngineConfig
 from restore_app.core.evaluate import list_images
 from restore_app.core.metrics import psnr
 from restore_app.core.noise import sensor_noise_map
-from restore_app.core.paths import datasets_dir
 from restore_app.core.pipeline import Restorer
 from restore_app.core.registry import LoadedModel, parse_manifest
-from restore_app.core.train.data import Jitter, PatchSampler, image_files, load_images
+from restore_app.core.train.data import Jitter, PatchSampler, bsds_train_val, image_files, load_images
 from restore_app.core.train.loop import TrainConfig
-
-
-def _default_data() -> tuple[Path, ...]:
-    root = datasets_dir() or Path("../shared/datasets")
-    return (root / "bsds500" / "train", root / "bsds500" / "val")
 
 
 @dataclass
 class DemosaicTrainConfig(TrainConfig):
     out: Path = Path("runs/demosaic")
     loss: str = "l1"  # stage 1; stage 2 fine-tunes with --loss mix --init (see the model card)
-    data: tuple[Path, ...] = field(default_factory=_default_data)
+    data: tuple[Path, ...] = field(default_factory=bsds_train_val)
     val_holdout: int = 20
     downscale: int = 2
     sigma_max: float = 20.0

@@ -22,23 +22,17 @@ from restore_app.core.degrade import jpeg_compress
 from restore_app.core.engine import Engine, EngineConfig
 from restore_app.core.evaluate import list_images
 from restore_app.core.metrics import psnr
-from restore_app.core.paths import datasets_dir
 from restore_app.core.pipeline import Restorer
 from restore_app.core.registry import LoadedModel, parse_manifest
-from restore_app.core.train.data import PatchSampler, image_files, load_images
+from restore_app.core.train.data import PatchSampler, bsds_train_val, image_files, load_images
 from restore_app.core.train.loop import TrainConfig
-
-
-def _default_data() -> tuple[Path, ...]:
-    root = datasets_dir() or Path("../shared/datasets")
-    return (root / "bsds500" / "train", root / "bsds500" / "val")
 
 
 @dataclass
 class JpegTrainConfig(TrainConfig):
     out: Path = Path("runs/jpeg")
     loss: str = "l1"
-    data: tuple[Path, ...] = field(default_factory=_default_data)
+    data: tuple[Path, ...] = field(default_factory=bsds_train_val)
     val_holdout: int = 20
     q_min: int = 5
     q_max: int = 95

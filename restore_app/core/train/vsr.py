@@ -29,18 +29,12 @@ from restore_app.core.engine import Engine, EngineConfig
 from restore_app.core.errors import InputError
 from restore_app.core.evaluate import list_images
 from restore_app.core.metrics import psnr
-from restore_app.core.paths import datasets_dir
 from restore_app.core.pipeline import Restorer
 from restore_app.core.registry import LoadedModel, parse_manifest
-from restore_app.core.train.data import image_files, load_images
+from restore_app.core.train.data import bsds_train_val, image_files, load_images
 from restore_app.core.train.loop import TrainConfig
 
 ARCHS = ("brcn", "brcn_ff", "recurrent_vsr")
-
-
-def _default_data() -> tuple[Path, ...]:
-    root = datasets_dir() or Path("../shared/datasets")
-    return (root / "bsds500" / "train", root / "bsds500" / "val")
 
 
 @dataclass
@@ -52,7 +46,7 @@ class VSRTrainConfig(TrainConfig):
     batch: int = 4
     scale: int = 4
     frames: int = 10
-    data: tuple[Path, ...] = field(default_factory=_default_data)
+    data: tuple[Path, ...] = field(default_factory=bsds_train_val)
     val_holdout: int = 10
     max_shift: float = 2.0     # low-resolution pixels per frame
     max_zoom: float = 0.015    # relative zoom per frame
