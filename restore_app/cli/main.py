@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(p)
 
     p = sub.add_parser("bench", help="compare methods in one run on the same images (prints a table)")
-    p.add_argument("task", choices=("demosaic", "jpeg", "vsr", "batch"))
+    p.add_argument("task", choices=("demosaic", "jpeg", "vsr", "segment", "batch"))
     p.add_argument("--models", nargs="+", default=None,
                    help="registered models to compare (default: every model of the task)")
     p.add_argument("--data", nargs="+", default=None, metavar="NAME=DIR",
@@ -356,6 +356,13 @@ def cmd_bench(args) -> int:
             rows = bench_batch(model, Path(tmp), args.count, args.size, args.loop_sample, args.workers)
         print(f"\nmodel {model}, {args.count} images of {args.size}×{args.size}")
         print(format_throughput(rows))
+        return 0
+    if args.task == "segment":
+        from restore_app.core.bench import bench_segment, format_segment_table
+
+        root = Path(args.data[0]) if args.data else (datasets_dir() or Path("../shared/datasets")) / "nuclei_he"
+        models = args.models or [m.id for m in default_registry().manifests("segment")]
+        print(format_segment_table(bench_segment(models, root, engine=_engine(args))))
         return 0
     if args.data:
         data = {}

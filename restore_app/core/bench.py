@@ -24,7 +24,7 @@ from torch import nn
 from restore_app.core.checks import check_tensor
 from restore_app.core.engine import Engine, EngineConfig
 from restore_app.core.evaluate import DemosaicProtocol, JpegProtocol, Protocol, VSRProtocol, evaluate
-from restore_app.core.jobs import CancelToken
+from restore_app.core.jobs import CancelToken, check_cancel
 from restore_app.core.pipeline import Restorer
 from restore_app.core.registry import LoadedModel, Registry, default_registry, parse_manifest
 
@@ -226,6 +226,78 @@ def frames_per_second(restorer: Restorer, size: tuple[int, int] = (180, 320), fr
     t = time.perf_counter()
     n = sum(1 for _ in restorer.restore_frames(clip[1:]))
     return n / (time.perf_counter() - t)
+
+
+def fold_weights(manifest, tile: str) -> Path:
+    """Where a segmentation model keeps the weights of its leave-one-out fold without ``tile``."""
+    return manifest.root / "folds" / f"{Path(tile).stem}.safetensors"
+
+
+def bench_segment(models: Sequence[str], data: Path, engine: Engine | None = None,
+                  registry: Registry | None = None, log: Callable[[str], None] = print,
+                  cancel: CancelToken | None = None) -> list[BenchRow]:
+    """Instance segmentation, leave-one-out: each tile is scored by a model trained without it.
+
+    A trained model must ship its fold weights (``folds/<tile>.safetensors`` in its folder); a model
+    without weights (the classical baseline) is scored on every tile as it is. The row's cell is the
+    mean over tiles of AP50, mAP (0.50:0.95) and F1 at 0.5.
+    """
+    import shutil
+    import tempfile
+
+    from restore_app.core.evaluate import SegmentProtocol
+    from restore_app.core.registry import LoadedModel, build_model, load_weights
+
+    registry = registry or default_registry()
+    engine = engine or Engine(EngineConfig())
+    tiles = sorted(p.name for p in (data / "images").iterdir() if p.suffix.lower() in (".png", ".tif", ".tiff"))
+    rows = []
+    for model_id in models:
+        manifest = registry.get(model_id)
+        row = BenchRow(model_id)
+        items, seconds, mp = [], 0.0, 0.0
+        for tile in tiles:
+            check_cancel(cancel)
+            loaded = build_model(manifest) if manifest.weights is None else None
+            if loaded is None:
+                weights = fold_weights(manifest, tile)
+                if not weights.is_file():
+                    row.note = (f"not run: no fold weights {weights} (train them with restore train segment "
+                                f"--holdout {tile})")
+                    break
+                loaded = LoadedModel(manifest, build_model(manifest).module)
+                load_weights(loaded.module, weights)
+            restorer = Restorer(loaded, engine)
+            with tempfile.TemporaryDirectory() as tmp:
+                for sub in ("images", "labels"):
+                    (Path(tmp) / sub).mkdir()
+                    shutil.copy(data / sub / tile, Path(tmp) / sub / tile)
+                report = evaluate(restorer, "segment", Path(tmp), SegmentProtocol(), cancel=cancel)
+            items += report.items
+            seconds += report.seconds_per_mp * report.megapixels
+            mp += report.megapixels
+            row.parameters = sum(p.numel() for p in restorer.module.parameters())
+            log(f"{model_id:24s} {tile:14s} AP50 {report.mean['ap50']:.3f} mAP {report.mean['map']:.3f} "
+                f"F1 {report.mean['f1']:.3f}")
+        if not row.note:
+            row.cells["leave-one-out"] = {k: float(np.mean([it[k] for it in items])) for k in ("ap50", "map", "f1")}
+            row.cells.update({f"{it['name']}": {k: it[k] for k in ("ap50", "map", "f1")} for it in items})
+            row.seconds_per_mp = seconds / mp if mp else None
+        rows.append(row)
+    return rows
+
+
+def format_segment_table(rows: list[BenchRow]) -> str:
+    columns = list(dict.fromkeys(c for r in rows for c in r.cells))
+    lines = ["| method | " + " | ".join(columns) + " | s/MP | parameters |",
+             "|---|" + "---|" * len(columns) + "---|---|"]
+    for r in rows:
+        if r.note:
+            lines.append(f"| {r.method} | " + " | ".join("–" for _ in columns) + f" | – | {r.note} |")
+            continue
+        cells = [f"{r.cells[c]['ap50']:.3f} / {r.cells[c]['map']:.3f} / {r.cells[c]['f1']:.3f}" for c in columns]
+        lines.append(f"| {r.method} | " + " | ".join(cells) + f" | {r.seconds_per_mp:.3f} | {r.parameters:,} |")
+    return "\n".join(lines) + "\n\ncells: AP50 / mAP (0.50:0.95) / F1@0.5, AP_t = TP/(TP+FP+FN)"
 
 
 # ---------------------------------------------------------------------------------------------
