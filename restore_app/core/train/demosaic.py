@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -37,6 +38,9 @@ class DemosaicTrainConfig(TrainConfig):
     downscale: int = 2
     sigma_max: float = 20.0
     sensor_prob: float = 0.3
+    zero_noise_prob: float = 0.0  # share of patches with no noise at all (σ = 0 exactly)
+    hard_prob: float = 0.0  # share of patches mined as the hardest of ``hard_candidates`` for bilinear
+    hard_candidates: int = 4
     width: int = 64
     blocks: int = 7
 
@@ -58,6 +62,13 @@ def manifest_fields(cfg: DemosaicTrainConfig) -> dict:
     }
 
 
+def _bilinear_error(rgb: np.ndarray) -> float:
+    """Mean absolute error of OpenCV's bilinear demosaicing of ``rgb``'s RGGB mosaic."""
+    m16 = np.rint(mosaic(rgb, "RGGB") * 65535).astype(np.uint16)
+    out = cv2.cvtColor(m16, cv2.COLOR_BayerBG2RGB).astype(np.float32) / 65535
+    return float(np.abs(out[2:-2, 2:-2] - rgb[2:-2, 2:-2]).mean())
+
+
 class DemosaicTask:
     def __init__(self, cfg: DemosaicTrainConfig) -> None:
         self.cfg = cfg
@@ -68,13 +79,24 @@ class DemosaicTask:
         self.val_images = load_images(held_out, cfg.downscale)
         self.model = DemosaicNet(width=cfg.width, blocks=cfg.blocks)
 
+    def _patch(self, rng: np.random.Generator) -> np.ndarray:
+        """A random patch or, with probability ``hard_prob``, the one of ``hard_candidates`` that
+        bilinear demosaicing gets most wrong (hard-case mining after Gharbi et al., with bilinear
+        error standing in for their network's: it finds fine texture, moiré and colour edges)."""
+        if self.cfg.hard_prob <= 0 or rng.random() >= self.cfg.hard_prob:
+            return self.sampler(rng)
+        candidates = [self.sampler(rng) for _ in range(max(1, self.cfg.hard_candidates))]
+        return max(candidates, key=_bilinear_error)
+
     def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         smax = self.cfg.sigma_max / 255.0
         inputs, targets = [], []
         for _ in range(size):
-            clean = self.sampler(rng)
+            clean = self._patch(rng)
             m = mosaic(clean, "RGGB")
-            if rng.random() < self.cfg.sensor_prob:
+            if rng.random() < self.cfg.zero_noise_prob:
+                noisy, noise = m, np.zeros_like(m)
+            elif rng.random() < self.cfg.sensor_prob:
                 # sensor noise whose σ at mid-grey is in [0, sigma_max]: split between shot and read
                 total = rng.uniform(0, smax)
                 share = rng.uniform(0, 1)

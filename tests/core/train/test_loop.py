@@ -110,3 +110,19 @@ def test_train_cli_runs_and_exports(tmp_path, tiny_data):
                             text=True, env={**__import__("os").environ, "RESTORE_MODELS_PATH": str(zoo.parent)})
     ids = [m["id"] for m in json.loads(models.stdout)["models"]]
     assert "cli-dm" in ids
+
+
+def test_hard_mining_and_noise_free_share(tmp_path, tiny_data):
+    from restore_app.core.train.demosaic import _bilinear_error
+
+    plain = DemosaicTask(_cfg(tmp_path, tiny_data, "plain"))
+    mined = DemosaicTask(_cfg(tmp_path, tiny_data, "mined", hard_prob=1.0, hard_candidates=4,
+                              zero_noise_prob=1.0))
+    rng_a, rng_b = np.random.default_rng(0), np.random.default_rng(0)
+    err_plain = np.mean([_bilinear_error(plain._patch(rng_a)) for _ in range(40)])
+    err_mined = np.mean([_bilinear_error(mined._patch(rng_b)) for _ in range(40)])
+    assert err_mined > 1.2 * err_plain
+    x, _ = mined.batch(np.random.default_rng(1), 4)
+    assert float(x[:, 1].abs().max()) == 0.0  # no noise and a zero noise map
+    x, _ = plain.batch(np.random.default_rng(1), 4)
+    assert float(x[:, 1].max()) > 0.0
