@@ -11,8 +11,7 @@ import torch
 from restore_app.core.archs.dwt_net import DWTNet
 from restore_app.core.io import read_image
 from restore_app.core.metrics import instance_scores
-from restore_app.core.segment import (dwt_targets, instance_table, instances_from_maps, overlay,
-                                      write_segmentation)
+from restore_app.core.segment import dwt_targets, instance_table, instances_from_maps, overlay, write_segmentation
 
 
 def _touching_discs():
