@@ -40,13 +40,14 @@ def test_dng_mosaic_and_metadata(tmp_path, pattern):
     np.testing.assert_allclose(norm, (counts.astype(np.float32) - BLACK) / (WHITE - BLACK), atol=1e-6)
 
 
-@pytest.mark.parametrize("pattern", ["RGGB", "GBRG"])
-def test_raw_end_to_end_colours_come_back(tmp_path, pattern):
+@pytest.mark.parametrize(("pattern", "model"), [("RGGB", "bilinear-demosaic"), ("GBRG", "bilinear-demosaic"),
+                                               ("GRBG", "restore-dm"), ("BGGR", "restore-dm")])
+def test_raw_end_to_end_colours_come_back(tmp_path, pattern, model):
     lin = smooth_rgb(96, 128, seed=3)
     neutral = (0.6, 1.0, 0.75)
     dng = write_dng(tmp_path / "scene.dng", _raw_counts(lin, pattern, neutral), pattern, BLACK, WHITE,
                     neutral=neutral)
-    restorer = Restorer.from_id("bilinear-demosaic")
+    restorer = Restorer.from_id(model)
     out = process_file(dng, tmp_path / "scene.tif", restorer)
     developed = read_image(out)
     assert developed.dtype == np.uint16 and developed.shape == (96, 128, 3)
@@ -59,6 +60,21 @@ def test_raw_end_to_end_colours_come_back(tmp_path, pattern):
     # and PNG/JPEG on request
     assert read_image(process_file(dng, tmp_path / "scene.png", restorer)).dtype == np.uint16
     assert read_image(process_file(dng, tmp_path / "scene.jpg", restorer)).dtype == np.uint8
+
+
+def test_noisy_raw_is_cleaner_with_the_neural_model(tmp_path):
+    lin = smooth_rgb(96, 128, seed=7)
+    shot, offset = 2e-3, 1e-5
+    clean = (_raw_counts(lin, "RGGB").astype(np.float32) - BLACK) / (WHITE - BLACK)
+    noisy = np.clip(add_poisson_gaussian_noise(clean, shot, np.sqrt(offset), seed=2), 0, 1)
+    counts = np.rint(BLACK + noisy * (WHITE - BLACK)).astype(np.uint16)
+    dng = write_dng(tmp_path / "noisy.dng", counts, "RGGB", BLACK, WHITE, noise_profile=(shot, offset))
+    expected = srgb_gamma(lin)[8:-8, 8:-8]
+    errors = {}
+    for model in ("bilinear-demosaic", "restore-dm"):
+        out = process_file(dng, tmp_path / f"{model}.tif", Restorer.from_id(model))
+        errors[model] = np.abs(to_float(read_image(out))[8:-8, 8:-8] - expected).mean()
+    assert errors["restore-dm"] < 0.7 * errors["bilinear-demosaic"]
 
 
 def test_raw_requires_a_demosaicing_model(tmp_path):

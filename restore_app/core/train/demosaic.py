@@ -54,6 +54,9 @@ def manifest_fields(cfg: DemosaicTrainConfig) -> dict:
     receptive = 2 * (2 * cfg.blocks + 2) + 2  # quarter-resolution 3×3 stack, then full-resolution convs
     return {
         "id": "restore-dm", "task": "demosaic", "name": "Restore joint demosaicing and denoising",
+        "description": "Neural joint demosaicing and denoising for Bayer mosaics and camera RAW files, "
+                       "conditioned on the noise level (given or estimated); one model for every pattern "
+                       "and noise level.",
         "architecture": "demosaic_net", "params": {"width": cfg.width, "blocks": cfg.blocks},
         "input": "cfa", "channels": [3], "conditioning": ["sigma"], "align": 2,
         "overlap": int(np.ceil(receptive / 0.75 / 2) * 2), "precisions": ["fp32", "bf16", "fp16"],
