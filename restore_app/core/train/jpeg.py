@@ -54,6 +54,8 @@ class JpegTrainConfig(TrainConfig):
 def manifest_fields(cfg: JpegTrainConfig) -> dict:
     return {
         "id": "restore-jpeg", "task": "jpeg", "name": "Restore JPEG artifact removal (blind)",
+        "description": "Removes JPEG blocking, ringing and colour bleeding at any quality, in colour and grey, "
+                       "without being told the quality; leaves high-quality files as they are.",
         "architecture": "jpeg_unet", "params": cfg.arch_params, "input": "rgb", "channels": [3],
         "align": 8, "overlap": 64, "precisions": ["fp32", "bf16", "fp16"], "license": "MIT",
         "training_data": "BSDS500 train+val (BIDS/BSDS500 a04b7c6), less the validation hold-out",
