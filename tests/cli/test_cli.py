@@ -56,11 +56,13 @@ def test_run_and_compare(tmp_path, coffee):
     assert same["psnr"] is None and same["ssim"] == pytest.approx(1.0)  # inf is not JSON: null
 
 
-def test_run_video(tmp_path):
+@pytest.mark.parametrize(("model", "size"), [("bicubic-x2", (192, 128)), ("restore-jpeg", (96, 64))])
+def test_run_video(tmp_path, model, size):
     clip = make_clip(tmp_path / "in.mp4", seconds=1, rate="8", audio=True)
-    restore("run", clip, "-o", tmp_path / "out.mp4", "--model", "bicubic-x2", "--crf", "20")
+    restore("run", clip, "-o", tmp_path / "out.mp4", "--model", model, "--crf", "20")
     info = probe_video(tmp_path / "out.mp4")
-    assert (info.width, info.height, info.frame_count) == (192, 128, 8) and info.has_audio
+    assert (info.width, info.height, info.frame_count) == (*size, 8) and info.has_audio
+    assert float(info.fps) == pytest.approx(8.0)
 
 
 def test_eval_writes_json(tmp_path, coffee):
