@@ -343,7 +343,7 @@ def cmd_bench(args) -> int:
     from restore_app.core.bench import bench_demosaic, bench_jpeg, bench_vsr, format_table, rows_to_json
     from restore_app.core.errors import InputError
     from restore_app.core.io.atomic import atomic_output
-    from restore_app.core.paths import datasets_dir
+    from restore_app.core.paths import datasets_dir, datasets_root
     from restore_app.core.registry import default_registry
 
     if args.task == "batch":
@@ -360,7 +360,7 @@ def cmd_bench(args) -> int:
     if args.task == "segment":
         from restore_app.core.bench import bench_segment, format_segment_table
 
-        root = Path(args.data[0]) if args.data else (datasets_dir() or Path("../shared/datasets")) / "nuclei_he"
+        root = Path(args.data[0]) if args.data else datasets_root() / "nuclei_he"
         models = args.models or [m.id for m in default_registry().manifests("segment")]
         print(format_segment_table(bench_segment(models, root, engine=_engine(args))))
         return 0

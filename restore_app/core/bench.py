@@ -183,9 +183,12 @@ def bench_jpeg(models: Sequence[str], data: dict[str, Path], qualities: Sequence
                      log, cancel)
 
 
-def format_table(rows: list[BenchRow]) -> str:
-    """A Markdown table: one row per method, ``PSNR / SSIM`` per data set and setting, then s/MP
-    and the parameter count."""
+_CELL_FORMATS = {"psnr": "{:.2f}", "ssim": "{:.4f}", "ap50": "{:.3f}", "map": "{:.3f}", "f1": "{:.3f}"}
+
+
+def format_table(rows: list[BenchRow], metrics: Sequence[str] = ("psnr", "ssim")) -> str:
+    """A Markdown table: one row per method, ``metrics`` (default ``PSNR / SSIM``) per data set and
+    setting, then s/MP (and fps for video) and the parameter count."""
     columns = list(dict.fromkeys(c for r in rows for c in r.cells))
     with_fps = any(r.fps is not None for r in rows)
     extra = " fps |" if with_fps else ""
@@ -196,7 +199,8 @@ def format_table(rows: list[BenchRow]) -> str:
             lines.append(f"| {r.method} | " + " | ".join("–" for _ in columns) + " | – |"
                          + (" – |" if with_fps else "") + f" {r.note} |")
             continue
-        cells = [f"{r.cells[c]['psnr']:.2f} / {r.cells[c]['ssim']:.4f}" if c in r.cells else "–" for c in columns]
+        cells = [" / ".join(_CELL_FORMATS[k].format(r.cells[c][k]) for k in metrics) if c in r.cells else "–"
+                 for c in columns]
         sec = f"{r.seconds_per_mp:.3f}" if r.seconds_per_mp is not None else "–"
         fps = (f" {r.fps:.2f} |" if r.fps is not None else " – |") if with_fps else ""
         lines.append(f"| {r.method} | " + " | ".join(cells) + f" | {sec} |{fps} {r.parameters:,} |")
@@ -245,12 +249,12 @@ def bench_segment(models: Sequence[str], data: Path, engine: Engine | None = Non
     import shutil
     import tempfile
 
-    from restore_app.core.evaluate import SegmentProtocol
-    from restore_app.core.registry import LoadedModel, build_model, load_weights
+    from restore_app.core.evaluate import SegmentProtocol, labelled_images
+    from restore_app.core.registry import build_model, build_module, load_weights
 
     registry = registry or default_registry()
     engine = engine or Engine(EngineConfig())
-    tiles = sorted(p.name for p in (data / "images").iterdir() if p.suffix.lower() in (".png", ".tif", ".tiff"))
+    tiles = [image.name for image, _ in labelled_images(data)]
     rows = []
     for model_id in models:
         manifest = registry.get(model_id)
@@ -258,14 +262,15 @@ def bench_segment(models: Sequence[str], data: Path, engine: Engine | None = Non
         items, seconds, mp = [], 0.0, 0.0
         for tile in tiles:
             check_cancel(cancel)
-            loaded = build_model(manifest) if manifest.weights is None else None
-            if loaded is None:
+            if manifest.weights is None:
+                loaded = build_model(manifest)
+            else:
                 weights = fold_weights(manifest, tile)
                 if not weights.is_file():
                     row.note = (f"not run: no fold weights {weights} (train them with restore train segment "
                                 f"--holdout {tile})")
                     break
-                loaded = LoadedModel(manifest, build_model(manifest).module)
+                loaded = LoadedModel(manifest, build_module(manifest).eval())
                 load_weights(loaded.module, weights)
             restorer = Restorer(loaded, engine)
             with tempfile.TemporaryDirectory() as tmp:
@@ -288,16 +293,8 @@ def bench_segment(models: Sequence[str], data: Path, engine: Engine | None = Non
 
 
 def format_segment_table(rows: list[BenchRow]) -> str:
-    columns = list(dict.fromkeys(c for r in rows for c in r.cells))
-    lines = ["| method | " + " | ".join(columns) + " | s/MP | parameters |",
-             "|---|" + "---|" * len(columns) + "---|---|"]
-    for r in rows:
-        if r.note:
-            lines.append(f"| {r.method} | " + " | ".join("–" for _ in columns) + f" | – | {r.note} |")
-            continue
-        cells = [f"{r.cells[c]['ap50']:.3f} / {r.cells[c]['map']:.3f} / {r.cells[c]['f1']:.3f}" for c in columns]
-        lines.append(f"| {r.method} | " + " | ".join(cells) + f" | {r.seconds_per_mp:.3f} | {r.parameters:,} |")
-    return "\n".join(lines) + "\n\ncells: AP50 / mAP (0.50:0.95) / F1@0.5, AP_t = TP/(TP+FP+FN)"
+    return (format_table(rows, metrics=("ap50", "map", "f1"))
+            + "\n\ncells: AP50 / mAP (0.50:0.95) / F1@0.5, AP_t = TP/(TP+FP+FN)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from restore_app.core.checks import check_choice, check_range
 from restore_app.core.color import rgb_to_y
 from restore_app.core.degrade import add_gaussian_noise, downsample, jpeg_compress, mosaic
 from restore_app.core.errors import InputError
-from restore_app.core.io import VideoReader, read_image, to_float
+from restore_app.core.io import VideoReader, read_image, to_float, to_rgb
 from restore_app.core.io.formats import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from restore_app.core.jobs import CancelToken, ProgressCallback, check_cancel
 from restore_app.core.metrics import compare, instance_scores
@@ -220,27 +220,33 @@ def _eval_vsr(restorer: Restorer, data: Path, p: VSRProtocol,
     return items, mp
 
 
-def _eval_segment(restorer: Restorer, data: Path, p: SegmentProtocol,
-                  tick: Callable[[int, int], None], cancel: CancelToken | None) -> tuple[list[dict], float]:
-    images = list_images(data / "images")
+def labelled_images(data: Path, exclude: str = "") -> list[tuple[Path, Path]]:
+    """``(image, label map)`` paths of ``data/images`` and ``data/labels`` (same names), less the
+    image named ``exclude``; no images, or an image without its label map, is an error."""
+    images = [p for p in list_images(data / "images") if p.name != exclude]
     if not images:
         raise InputError(f"{data / 'images'}: no images")
+    for path in images:
+        if not (data / "labels" / path.name).is_file():
+            raise InputError(f"{data / 'labels' / path.name}: missing label map for {path.name}")
+    return [(path, data / "labels" / path.name) for path in images]
+
+
+def _eval_segment(restorer: Restorer, data: Path, p: SegmentProtocol,
+                  tick: Callable[[int, int], None], cancel: CancelToken | None) -> tuple[list[dict], float]:
+    pairs = labelled_images(data)
     items, mp = [], 0.0
-    for i, path in enumerate(images):
+    for i, (path, label_path) in enumerate(pairs):
         check_cancel(cancel)
-        label_path = data / "labels" / path.name
-        if not label_path.is_file():
-            raise InputError(f"{label_path}: missing label map for {path.name}")
         img, gt = read_image(path), read_image(label_path)
         if gt.ndim != 2:
             raise InputError(f"{label_path}: a label map must be single-channel")
-        rgb = img[..., :3] if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
-        pred = restorer.restore_image(to_float(rgb), cancel=cancel)
+        pred = restorer.restore_image(to_float(to_rgb(img)), cancel=cancel)
         items.append({"name": path.name, "instances": int(len(np.unique(gt)) - (gt == 0).any()),
                       "predicted": int(len(np.unique(pred)) - (pred == 0).any()),
                       **instance_scores(gt, pred)})
         mp += img.shape[0] * img.shape[1] / 1e6
-        tick(i + 1, len(images))
+        tick(i + 1, len(pairs))
     return items, mp
 
 

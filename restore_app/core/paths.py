@@ -47,3 +47,9 @@ def datasets_dir() -> Path | None:
     env = os.environ.get("RESTORE_DATA")
     candidate = Path(env) if env else PROJECT_ROOT.parent / "shared" / "datasets"
     return candidate if candidate.is_dir() else None
+
+
+def datasets_root() -> Path:
+    """:func:`datasets_dir`, or ``../shared/datasets`` when it is missing (so that a default data path
+    still names where the data was expected, for the error that follows)."""
+    return datasets_dir() or Path("../shared/datasets")

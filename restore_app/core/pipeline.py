@@ -28,11 +28,13 @@ from restore_app.core.io import (
     VideoReader,
     VideoWriter,
     check_not_overwriting,
+    from_float,
     media_kind,
     probe_video,
     read_image,
     read_raw,
     to_float,
+    to_rgb,
     write_image,
 )
 from restore_app.core.io.atomic import check_output_dir
@@ -462,8 +464,7 @@ def process_frames(src: Path, dst: Path, restorer: Restorer | Sequence[Restorer]
     def frames() -> Iterator[np.ndarray]:
         for f in files:
             img = read_image(f)
-            img = img if img.dtype == np.uint8 else (to_float(img) * 255 + 0.5).astype(np.uint8)
-            yield img[..., :3] if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
+            yield to_rgb(img if img.dtype == np.uint8 else from_float(to_float(img)))
 
     stream: Iterable[np.ndarray] = frames()
     for i, r in enumerate(restorers):

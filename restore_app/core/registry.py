@@ -262,14 +262,19 @@ def load_weights(module: nn.Module, path: Path, sha256: str | None = None) -> st
     return actual
 
 
-def build_model(manifest: ModelManifest) -> LoadedModel:
-    """Construct the manifest's architecture with its params and load its weights (on the CPU)."""
+def build_module(manifest: ModelManifest) -> nn.Module:
+    """Construct the manifest's architecture with its params, without loading any weights."""
     cls = resolve_architecture(manifest.architecture)
     try:
-        module = cls(**dict(manifest.params))
+        return cls(**dict(manifest.params))
     except (TypeError, ValueError) as exc:
         raise ModelLoadError(f"model {manifest.id!r}: cannot build {manifest.architecture} with "
                              f"params {dict(manifest.params)}: {exc}") from exc
+
+
+def build_model(manifest: ModelManifest) -> LoadedModel:
+    """Construct the manifest's architecture with its params and load its weights (on the CPU)."""
+    module = build_module(manifest)
     sha = None
     if manifest.weights is not None:
         sha = load_weights(module, manifest.weights_path, manifest.sha256)

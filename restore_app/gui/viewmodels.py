@@ -136,6 +136,11 @@ class MetricsReport:
     region: tuple[int, int, int, int] | None = None  # x, y, width, height in "after" pixels
 
 
+def _is_labels(array: np.ndarray) -> bool:
+    """Whether a result is an instance label map (integers) rather than an image (floats)."""
+    return array.dtype.kind in "iu"
+
+
 class MainViewModel:
     """Everything the main window shows and allows, without Qt."""
 
@@ -290,16 +295,18 @@ class MainViewModel:
 
         return job
 
+    def _segmented_image(self) -> np.ndarray | None:
+        """The image a segmentation model saw: the simulated model input, else the input."""
+        return self.simulated.model_input if self.simulated is not None else self.before()
+
     def display_of(self, result: np.ndarray) -> np.ndarray:
         """What to show for a result: the image itself, or a label map's overlay on the input."""
-        if result.dtype.kind in "iu":
-            base = self.simulated.model_input if self.simulated is not None else self.before()
-            return overlay(base, result).astype(np.float32) / 255.0
+        if _is_labels(result):
+            return overlay(self._segmented_image(), result).astype(np.float32) / 255.0
         return result
 
     def set_result(self, result: np.ndarray, display: np.ndarray | None = None) -> None:
-        is_labels = result.dtype.kind in "iu"
-        self.labels = result if is_labels else None
+        self.labels = result if _is_labels(result) else None
         self.result = display if display is not None else self.display_of(result)
         self.result_chain = list(self.chain)
 
@@ -307,8 +314,7 @@ class MainViewModel:
         """The instance table of a segmentation result (empty otherwise)."""
         if self.labels is None:
             return []
-        base = self.simulated.model_input if self.simulated is not None else self.before()
-        return instance_table(self.labels, base)
+        return instance_table(self.labels, self._segmented_image())
 
     # -- what is shown ---------------------------------------------------------------------------
     def before(self) -> np.ndarray | None:
@@ -337,7 +343,7 @@ class MainViewModel:
             return None  # a label map is not scored against an image
         result = self.result if result is None else result
         gt = self.ground_truth()
-        if gt is None or result is not None and result.dtype.kind in "iu":
+        if gt is None or result is not None and _is_labels(result):
             return None
         rows = []
         degraded = self._degraded_for_metrics()
@@ -395,7 +401,7 @@ class MainViewModel:
         """Per-pixel error of the result against the reference (or against the input if there is
         no reference and the sizes match)."""
         result = self.result if result is None else result
-        if result is None or self.labels is not None or result.dtype.kind in "iu":
+        if result is None or self.labels is not None or _is_labels(result):
             return None
         other = self.ground_truth()
         if other is None and self.before() is not None and self.before().shape == result.shape:

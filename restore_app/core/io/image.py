@@ -181,6 +181,11 @@ def to_float(image: np.ndarray) -> np.ndarray:
     raise TypeError(f"unsupported image dtype {image.dtype}")
 
 
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """Three channels: grey is repeated, an alpha channel dropped; the dtype is kept."""
+    return image[..., :3] if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
+
+
 def from_float(image: np.ndarray, bit_depth: int = 8) -> np.ndarray:
     """Clip a float image to ``[0, 1]`` and round it to ``uint8`` (8) or ``uint16`` (16)."""
     if bit_depth not in (8, 16):

@@ -11,13 +11,13 @@ import numpy as np
 from restore_app.core.degrade import downsample
 from restore_app.core.errors import InputError
 from restore_app.core.evaluate import list_images
-from restore_app.core.io import read_image, to_float
-from restore_app.core.paths import datasets_dir
+from restore_app.core.io import read_image, to_float, to_rgb
+from restore_app.core.paths import datasets_root
 
 
 def bsds_train_val() -> tuple[Path, ...]:
     """The default training images: BSDS500 train and val from the shared datasets."""
-    root = datasets_dir() or Path("../shared/datasets")
+    root = datasets_root()
     return (root / "bsds500" / "train", root / "bsds500" / "val")
 
 
@@ -37,8 +37,7 @@ def load_images(paths: Sequence[Path], downscale: int = 1) -> list[np.ndarray]:
         raise InputError("no training images given")
     images = []
     for path in paths:
-        img = to_float(read_image(path))
-        img = img[..., :3] if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
+        img = to_float(to_rgb(read_image(path)))
         if downscale > 1:
             img = np.clip(downsample(img, downscale), 0.0, 1.0)
         images.append(np.ascontiguousarray(img, dtype=np.float32))

@@ -25,20 +25,16 @@ import torch.nn.functional as F
 
 from restore_app.core.archs.dwt_net import ENERGY_LEVELS, DWTNet
 from restore_app.core.errors import InputError
-from restore_app.core.evaluate import list_images
-from restore_app.core.io import read_image, to_float
+from restore_app.core.evaluate import labelled_images
+from restore_app.core.io import read_image, to_float, to_rgb
 from restore_app.core.metrics import instance_scores
-from restore_app.core.paths import datasets_dir
+from restore_app.core.paths import datasets_root
 from restore_app.core.segment import dwt_targets, instances_from_maps
 from restore_app.core.train.data import dihedral, image_files, load_images
 from restore_app.core.train.loop import TrainConfig
 
 # near-boundary levels matter most for separating touching objects
 LEVEL_WEIGHTS = np.array([1.0, 3.0, 2.5, 2.0, 1.6, 1.3, 1.1] + [1.0] * (ENERGY_LEVELS - 7), np.float32)
-
-
-def _datasets() -> Path:
-    return datasets_dir() or Path("../shared/datasets")
 
 
 @dataclass
@@ -51,8 +47,8 @@ class SegmentTrainConfig(TrainConfig):
     lr: float = 1e-3
     warmup: int = 200
     val_every: int = 500
-    data: Path = field(default_factory=lambda: _datasets() / "nuclei_he")
-    textures: tuple[Path, ...] = field(default_factory=lambda: (_datasets() / "bsds500" / "train",))
+    data: Path = field(default_factory=lambda: datasets_root() / "nuclei_he")
+    textures: tuple[Path, ...] = field(default_factory=lambda: (datasets_root() / "bsds500" / "train",))
     holdout: str = ""  # a tile left out (leave-one-out); "" trains on every tile
     synthetic_prob: float = 0.5
     widths: str = "24,48,96,128"
@@ -85,18 +81,8 @@ def manifest_fields(cfg: SegmentTrainConfig, cut_level: int = 2) -> dict:
 
 def load_tiles(folder: Path, exclude: str = "") -> list[tuple[np.ndarray, np.ndarray]]:
     """``(image float RGB, labels int)`` pairs from ``folder/images`` and ``folder/labels``."""
-    images = [p for p in list_images(folder / "images") if p.name != exclude]
-    if not images:
-        raise InputError(f"{folder / 'images'}: no labelled images")
-    tiles = []
-    for path in images:
-        lab_path = folder / "labels" / path.name
-        if not lab_path.is_file():
-            raise InputError(f"{lab_path}: missing label map for {path.name}")
-        img = to_float(read_image(path))
-        img = img[..., :3] if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
-        tiles.append((img, read_image(lab_path).astype(np.int64)))
-    return tiles
+    return [(to_float(to_rgb(read_image(path))), read_image(lab_path).astype(np.int64))
+            for path, lab_path in labelled_images(folder, exclude)]
 
 
 def stain_jitter(rgb: np.ndarray, rng: np.random.Generator, strength: float = 0.25) -> np.ndarray:
