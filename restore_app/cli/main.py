@@ -155,7 +155,8 @@ def _train_parser() -> argparse.ArgumentParser:
         tp = tsub.add_parser(task, help=f"train a {task} model")
         _dataclass_args(tp, config_cls)
         tp.add_argument("--export", type=Path, default=None,
-                        help="write the best weights as a model folder here when training ends")
+                        help="write the best weights as a model folder here when training ends "
+                             "(segment with --holdout: as that model's folds/<tile>.safetensors)")
         tp.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     return parser
 
@@ -185,8 +186,12 @@ def cmd_train(args) -> int:
     result = train(task, cfg)
     print(f"trained {result.iterations} steps in {result.seconds / 3600:.2f} h; best validation score "
           f"{result.best_score:.4f} at step {result.best_iteration}; weights in {result.out}")
-    if args.export is not None:
-        manifest = task_module.manifest_fields(cfg)
+    if args.export is not None and getattr(cfg, "holdout", ""):
+        from restore_app.core.train.segment import export_fold
+
+        print(f"exported {export_fold(result.out, args.export, cfg.holdout)}")
+    elif args.export is not None:
+        manifest = task.export_fields() if hasattr(task, "export_fields") else task_module.manifest_fields(cfg)
         manifest["id"] = args.export.name
         export_model(result.out / "best.safetensors", args.export, manifest)
         print(f"exported {args.export}")

@@ -237,6 +237,13 @@ def fold_weights(manifest, tile: str) -> Path:
     return manifest.root / "folds" / f"{Path(tile).stem}.safetensors"
 
 
+def fold_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return dict(fh.metadata() or {})
+
+
 def bench_segment(models: Sequence[str], data: Path, engine: Engine | None = None,
                   registry: Registry | None = None, log: Callable[[str], None] = print,
                   cancel: CancelToken | None = None) -> list[BenchRow]:
@@ -272,6 +279,9 @@ def bench_segment(models: Sequence[str], data: Path, engine: Engine | None = Non
                     break
                 loaded = LoadedModel(manifest, build_module(manifest).eval())
                 load_weights(loaded.module, weights)
+                cut = fold_metadata(weights).get("cut_level")
+                if cut is not None:  # the fold's own choice, made without the held-out tile
+                    loaded.module.cut_level = int(cut)
             restorer = Restorer(loaded, engine)
             with tempfile.TemporaryDirectory() as tmp:
                 for sub in ("images", "labels"):

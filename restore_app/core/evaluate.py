@@ -222,8 +222,13 @@ def _eval_vsr(restorer: Restorer, data: Path, p: VSRProtocol,
 
 def labelled_images(data: Path, exclude: str = "") -> list[tuple[Path, Path]]:
     """``(image, label map)`` paths of ``data/images`` and ``data/labels`` (same names), less the
-    image named ``exclude``; no images, or an image without its label map, is an error."""
-    images = [p for p in list_images(data / "images") if p.name != exclude]
+    image named ``exclude`` (with or without its extension); no images, an ``exclude`` that names
+    none of them, or an image without its label map, is an error."""
+    every = list_images(data / "images")
+    images = [p for p in every if exclude not in (p.name, p.stem)] if exclude else every
+    if exclude and len(images) == len(every):
+        raise InputError(f"{data / 'images'}: no image {exclude!r} to leave out "
+                         f"(there are: {', '.join(p.name for p in every)})")
     if not images:
         raise InputError(f"{data / 'images'}: no images")
     for path in images:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
 import torch
 
 from restore_app.core.archs.dwt_net import DWTNet
+from restore_app.core.errors import InputError
 from restore_app.core.io import read_image
 from restore_app.core.metrics import instance_scores
 from restore_app.core.segment import dwt_targets, instance_table, instances_from_maps, overlay, write_segmentation
@@ -88,9 +90,9 @@ def test_outputs(tmp_path):
     assert (tmp_path / "cells.overlay.png").is_file()
 
 
-def test_training_batches(tmp_path, coffee):
+def _tiles_and_textures(tmp_path, coffee):
+    """Two labelled tiles (``a.png``, ``b.png``) and a texture folder, as real files."""
     from restore_app.core.io import write_image
-    from restore_app.core.train.segment import SegmentTask, SegmentTrainConfig
 
     data = tmp_path / "tiles"
     (data / "images").mkdir(parents=True)
@@ -104,12 +106,64 @@ def test_training_batches(tmp_path, coffee):
     textures = tmp_path / "tex"
     textures.mkdir()
     write_image(textures / "t.png", coffee)
+    return data, textures
+
+
+def test_training_batches(tmp_path, coffee):
+    from restore_app.core.train.segment import SegmentTask, SegmentTrainConfig
+
+    data, textures = _tiles_and_textures(tmp_path, coffee)
     cfg = SegmentTrainConfig(data=data, textures=(textures,), holdout="b.png", patch=64, widths="8,8,8,8")
     task = SegmentTask(cfg)
     assert len(task.tiles) == 1  # the held-out tile is never loaded
+    assert len(SegmentTask(SegmentTrainConfig(data=data, textures=(textures,), holdout="b", patch=64,
+                                              widths="8,8,8,8")).tiles) == 1  # by stem too
+    with pytest.raises(InputError, match="no image 'c.png' to leave out"):
+        SegmentTask(SegmentTrainConfig(data=data, textures=(textures,), holdout="c.png", patch=64))
     x, y = task.batch(np.random.default_rng(0), 6)
     assert x.shape == (6, 3, 64, 64) and y.shape == (6, 5, 64, 64)
     loss = task.loss(task.model(x), y)
     assert torch.isfinite(loss) and loss > 0
     scores = task.validate(task.model, torch.device("cpu"), "fp32")
     assert scores["cut_level"] in (2.0, 3.0, 4.0) and "score" in scores
+
+
+def test_leave_one_out_fold_is_exported_with_its_own_cut_level(tmp_path, coffee):
+    from restore_app.cli.main import main
+    from restore_app.core.bench import fold_metadata, fold_weights
+    from restore_app.core.registry import build_module, load_weights, read_manifest
+
+    data, textures = _tiles_and_textures(tmp_path, coffee)
+    model = tmp_path / "models" / "tiny-dwt"
+    run = tmp_path / "run"
+    assert main(["train", "segment", "--data", str(data), "--textures", str(textures), "--holdout", "b.png",
+                 "--patch", "64", "--batch", "2", "--widths", "8,8,8,8", "--iterations", "2",
+                 "--val-every", "2", "--out", str(run), "--export", str(model), "--threads", "1"]) == 0
+    fold = model / "folds" / "b.safetensors"
+    meta = fold_metadata(fold)
+    best = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"best": true' in line]
+    assert meta["holdout"] == "b.png" and int(meta["cut_level"]) == int(best[-1]["val"]["cut_level"])
+    assert not (model / "weights.safetensors").exists()  # a fold is not the full model
+    # the full model's folder (trained on every tile) finds the fold beside it
+    assert main(["train", "segment", "--data", str(data), "--textures", str(textures), "--patch", "64",
+                 "--batch", "2", "--widths", "8,8,8,8", "--iterations", "1", "--val-every", "1",
+                 "--out", str(tmp_path / "full"), "--export", str(model), "--threads", "1"]) == 0
+    manifest = read_manifest(model)
+    assert fold_weights(manifest, "b.png") == fold
+    load_weights(build_module(manifest), fold)  # same architecture, strict keys
+
+
+def test_fade_foreground_makes_objects_pale_and_leaves_the_background(coffee):
+    from restore_app.core.io import to_float
+    from restore_app.core.train.segment import fade_foreground
+
+    labels = np.zeros((160, 200), np.int64)
+    labels[40:120, 40:160] = np.where(_touching_discs() > 0, _touching_discs(), 0)
+    img = to_float(coffee[:160, :200]).astype(np.float32)
+    img[labels > 0] *= 0.3  # dark objects
+    out = fade_foreground(img, labels, np.random.default_rng(0), 0.5, 0.5)
+    bg, fg = labels == 0, labels > 0
+    assert np.array_equal(out[bg], img[bg])
+    contrast = lambda im: abs(im[bg].mean() - im[fg].mean())  # noqa: E731
+    assert contrast(out) < 0.7 * contrast(img)
+    assert np.corrcoef(out[fg][:, 1], img[fg][:, 1])[0, 1] > 0.5  # texture kept (under a varying background)

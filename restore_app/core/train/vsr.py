@@ -96,7 +96,8 @@ def manifest_fields(cfg: VSRTrainConfig) -> dict:
     names = {"brcn": "BRCN (Huang et al. 2015)", "brcn_ff": "BRCN feedforward-only ablation (single frame)",
              "recurrent_vsr": "Restore recurrent video super-resolution"}
     return {
-        "id": f"restore-vsr-x{cfg.scale}", "task": "vsr", "name": f"{names[cfg.arch]} ×{cfg.scale}",
+        "id": {"brcn": "brcn", "brcn_ff": "brcn-ff", "recurrent_vsr": "restore-vsr"}[cfg.arch] + f"-x{cfg.scale}",
+        "task": "vsr", "name": f"{names[cfg.arch]} ×{cfg.scale}",
         "architecture": "recurrent_vsr" if cfg.arch == "recurrent_vsr" else "brcn", "params": params,
         "input": "clip", "channels": [cfg.channels], "scale": cfg.scale, "overlap": 16, "clip_context": 6,
         "precisions": ["fp32", "bf16", "fp16"], "license": "MIT",
