@@ -118,6 +118,10 @@ def test_training_batches(tmp_path, coffee):
     assert len(task.tiles) == 1  # the held-out tile is never loaded
     assert len(SegmentTask(SegmentTrainConfig(data=data, textures=(textures,), holdout="b", patch=64,
                                               widths="8,8,8,8")).tiles) == 1  # by stem too
+    own = SegmentTask(SegmentTrainConfig(data=data, textures=(tmp_path / "nowhere",), synthetic_prob=0.0,
+                                         patch=64, widths="8,8,8,8"))  # a user's own tiles alone
+    assert own.batch(np.random.default_rng(1), 2)[0].shape == (2, 3, 64, 64)
+    assert own.validate(own.model, torch.device("cpu"), "fp32")["score"] >= 0
     with pytest.raises(InputError, match="no image 'c.png' to leave out"):
         SegmentTask(SegmentTrainConfig(data=data, textures=(textures,), holdout="c.png", patch=64))
     x, y = task.batch(np.random.default_rng(0), 6)

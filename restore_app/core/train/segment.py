@@ -172,11 +172,15 @@ class SegmentTask:
     def __init__(self, cfg: SegmentTrainConfig) -> None:
         self.cfg = cfg
         self.tiles = load_tiles(cfg.data, exclude=cfg.holdout)
-        self.textures = [im for im in load_images(image_files(cfg.textures)[:60]) if min(im.shape[:2]) >= cfg.patch]
-        if not self.textures:
-            raise InputError("no texture images for the synthetic scenes")
+        self.textures = []
+        if cfg.synthetic_prob > 0:  # without synthetic scenes (a user's own tiles only) no textures are needed
+            self.textures = [im for im in load_images(image_files(cfg.textures)[:60])
+                             if min(im.shape[:2]) >= max(cfg.patch, 192)]
+            if not self.textures:
+                raise InputError("no texture images for the synthetic scenes (give --textures DIR, "
+                                 "or --synthetic-prob 0 to train on the labelled images alone)")
         rng = np.random.default_rng(777)
-        self.val_scenes = [synthetic_scene(192, self.textures, rng) for _ in range(8)]
+        self.val_scenes = [synthetic_scene(192, self.textures, rng) for _ in range(8)] if self.textures else []
         self.model = DWTNet(widths=tuple(cfg.arch_widths))
         self.cut_level = 2  # the cut level of the best validation so far: the export's
         self._best_score = -np.inf
