@@ -226,8 +226,10 @@ class MainViewModel:
         kind = self.input_kind()
         doc = self.document
         grey_mosaic_ok = doc is not None and doc.image.ndim == 2 and self.simulated is None
+        # a still image (or a video's frames) is a clip to a clip model
         return [m for m in self.registry.manifests()
-                if m.input == kind or (grey_mosaic_ok and m.input in ("cfa", "rgb"))]
+                if m.input == kind or (kind == "rgb" and m.input == "clip")
+                or (grey_mosaic_ok and m.input in ("cfa", "rgb"))]
 
     def _chain_applies(self, ids: list[str]) -> bool:
         try:

@@ -33,7 +33,8 @@ def test_open_image_picks_an_applicable_default_chain(vm, tmp_path, coffee):
     assert doc.title == "photo.jpg — 600×400"
     assert vm.input_kind() == "rgb"
     assert vm.chain == [default_registry().default("jpeg").id]
-    assert all(m.input == "rgb" for m in vm.first_models())
+    assert all(m.input in ("rgb", "clip") for m in vm.first_models())  # a still image is a clip of one frame
+    assert "restore-vsr-x4" in {m.id for m in vm.first_models()}
     assert vm.settings.recent[0].endswith("photo.jpg")
     out = _run(vm)
     assert out.shape == coffee.shape and vm.metrics() is None  # no reference: no metrics
@@ -71,11 +72,16 @@ def test_simulate_mode_metrics_match_the_core(vm, tmp_path, coffee):
 def test_simulate_downscale_and_mosaic(vm, tmp_path, coffee):
     vm.open(write_image(tmp_path / "clean.png", coffee))
     vm.set_simulation(Degradation("downscale", factor=4))
-    assert vm.chain == ["bicubic-x4"] and vm.input_kind() == "rgb"
+    assert vm.chain == [default_registry().default("vsr").id] and vm.input_kind() == "rgb"
+    vm.set_chain(["bicubic-x4"])
     _run(vm)
     rows = vm.metrics().rows
     assert rows[0].label == "degraded (bicubic upscale)"
     assert rows[1].scores.psnr == pytest.approx(rows[0].scores.psnr, abs=0.01)  # bicubic either way
+    vm.set_chain(["restore-vsr-x4"])  # the trained default does better than bicubic on a still image
+    _run(vm)
+    rows = vm.metrics().rows
+    assert rows[1].scores.psnr > rows[0].scores.psnr + 0.3
     vm.set_simulation(Degradation("mosaic", sigma=5))
     assert vm.input_kind() == "cfa" and default_registry().get(vm.chain[0]).task == "demosaic"
     _run(vm)

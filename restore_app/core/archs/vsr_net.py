@@ -74,11 +74,15 @@ class RecurrentVSR(nn.Module):
             state = self.backward_prop(feats[:, i], state)
             backward[i] = state
         state = feats.new_zeros(b, self.width, h, w)
-        outs = []
+        # frame by frame into one output tensor: no clip-sized bicubic or residual stacks (memory)
+        out = None
         for i in range(t):
             state = self.forward_prop(feats[:, i], state)
             merged = F.relu(self.merge(torch.cat([state, backward[i]], dim=1)))
-            outs.append(self.tail(self.up(merged)))
-        residual = torch.stack(outs, dim=1)
-        base = imresize(x.reshape(b * t, c, h, w).float(), float(self.scale)).to(x.dtype)
-        return base.reshape(b, t, c, h * self.scale, w * self.scale) + residual
+            residual = self.tail(self.up(merged))
+            frame = imresize(x[:, i].float(), float(self.scale)).to(x.dtype) + residual
+            if out is None:
+                out = frame.new_empty(b, t, *frame.shape[1:])
+            out[:, i] = frame
+            backward[i] = None
+        return out
