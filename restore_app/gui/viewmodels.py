@@ -206,9 +206,15 @@ class MainViewModel:
             raise InputError("simulate mode needs a clean RGB image, not a mosaic or RAW file")
         self.simulated = simulate(doc.image, degradation)
         # the chain should start with a model that undoes this degradation
-        starts_right = self.chain and self.registry.get(self.chain[0]).task == degradation.task
-        if self.registry.manifests(degradation.task) and not (starts_right and self._chain_applies(self.chain)):
-            self.chain = [self.registry.default(degradation.task).id]
+        def undoes(m: ModelManifest) -> bool:  # the right task, and for a downscale the right factor
+            return m.task == degradation.task and (degradation.kind != "downscale" or m.scale == degradation.factor)
+
+        starts_right = self.chain and undoes(self.registry.get(self.chain[0]))
+        candidates = self.registry.manifests(degradation.task)
+        if candidates and not (starts_right and self._chain_applies(self.chain)):
+            default = self.registry.default(degradation.task)
+            matching = [m for m in candidates if undoes(m)]
+            self.chain = [(default if undoes(default) or not matching else matching[0]).id]
 
     # -- models ----------------------------------------------------------------------------------
     def input_kind(self) -> str:

@@ -82,6 +82,8 @@ def test_simulate_downscale_and_mosaic(vm, tmp_path, coffee):
     _run(vm)
     rows = vm.metrics().rows
     assert rows[1].scores.psnr > rows[0].scores.psnr + 0.3
+    vm.set_simulation(Degradation("downscale", factor=2))
+    assert vm.chain == ["bicubic-x2"]  # the default upscales ×4: the ×2 model undoes a ×2 downscale
     vm.set_simulation(Degradation("mosaic", sigma=5))
     assert vm.input_kind() == "cfa" and default_registry().get(vm.chain[0]).task == "demosaic"
     _run(vm)
