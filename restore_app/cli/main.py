@@ -186,15 +186,13 @@ def cmd_train(args) -> int:
     result = train(task, cfg)
     print(f"trained {result.iterations} steps in {result.seconds / 3600:.2f} h; best validation score "
           f"{result.best_score:.4f} at step {result.best_iteration}; weights in {result.out}")
-    if args.export is not None and getattr(cfg, "holdout", ""):
-        from restore_app.core.train.segment import export_fold
-
-        print(f"exported {export_fold(result.out, args.export, cfg.holdout)}")
-    elif args.export is not None:
-        manifest = task.export_fields() if hasattr(task, "export_fields") else task_module.manifest_fields(cfg)
-        manifest["id"] = args.export.name
-        export_model(result.out / "best.safetensors", args.export, manifest)
-        print(f"exported {args.export}")
+    if args.export is not None:
+        if hasattr(task, "export"):  # a task whose export depends on the run (segment: folds, cut level)
+            exported = task.export(result.out, args.export)
+        else:
+            manifest = {**task_module.manifest_fields(cfg), "id": args.export.name}
+            exported = export_model(result.out / "best.safetensors", args.export, manifest)
+        print(f"exported {exported}")
     return 0
 
 

@@ -217,6 +217,16 @@ def train(task: Task, cfg: TrainConfig, *, log: Callable[[str], None] = print,
                        seconds=time.perf_counter() - t0, out=out)
 
 
+def best_validation(out: Path) -> dict[str, Any]:
+    """The ``log.jsonl`` record (step, scores) of a run's best validated checkpoint."""
+    path = out / "log.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    best = [r for r in records if r.get("best") and "val" in r]
+    if not best or not (out / "best.safetensors").is_file():
+        raise InputError(f"{out}: no validated best checkpoint")
+    return best[-1]
+
+
 def export_model(weights: Path, folder: Path, manifest: dict[str, Any]) -> Path:
     """Write ``weights`` into a model folder as ``weights.safetensors`` with a manifest and its sha256.
 

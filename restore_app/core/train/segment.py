@@ -33,9 +33,11 @@ from restore_app.core.metrics import instance_scores
 from restore_app.core.paths import datasets_root
 from restore_app.core.segment import dwt_targets, instances_from_maps
 from restore_app.core.train.data import dihedral, image_files, load_images
-from restore_app.core.train.loop import TrainConfig
+from restore_app.core.train.loop import TrainConfig, best_validation, export_model
 
 # near-boundary levels matter most for separating touching objects
+VAL_SCENE = 192  # side of the synthetic validation scenes
+
 LEVEL_WEIGHTS = np.array([1.0, 3.0, 2.5, 2.0, 1.6, 1.3, 1.1] + [1.0] * (ENERGY_LEVELS - 7), np.float32)
 
 
@@ -175,15 +177,13 @@ class SegmentTask:
         self.textures = []
         if cfg.synthetic_prob > 0:  # without synthetic scenes (a user's own tiles only) no textures are needed
             self.textures = [im for im in load_images(image_files(cfg.textures)[:60])
-                             if min(im.shape[:2]) >= max(cfg.patch, 192)]
+                             if min(im.shape[:2]) >= max(cfg.patch, VAL_SCENE)]
             if not self.textures:
                 raise InputError("no texture images for the synthetic scenes (give --textures DIR, "
                                  "or --synthetic-prob 0 to train on the labelled images alone)")
         rng = np.random.default_rng(777)
-        self.val_scenes = [synthetic_scene(192, self.textures, rng) for _ in range(8)] if self.textures else []
+        self.val_scenes = [synthetic_scene(VAL_SCENE, self.textures, rng) for _ in range(8)] if self.textures else []
         self.model = DWTNet(widths=tuple(cfg.arch_widths))
-        self.cut_level = 2  # the cut level of the best validation so far: the export's
-        self._best_score = -np.inf
 
     def _real_patch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         img, lab = self.tiles[rng.integers(len(self.tiles))]
@@ -246,13 +246,15 @@ class SegmentTask:
         best = max((2, 3, 4), key=lambda c: scores[f"ap50_cut{c}"] + scores[f"map_cut{c}"])
         scores["cut_level"] = float(best)
         scores["score"] = scores[f"ap50_cut{best}"] + scores[f"map_cut{best}"]
-        if scores["score"] > self._best_score:  # the loop keeps the best checkpoint by the same score
-            self._best_score, self.cut_level = scores["score"], best
         return scores
 
-    def export_fields(self) -> dict:
-        """Manifest fields of the exported best checkpoint: its cut level."""
-        return manifest_fields(self.cfg, self.cut_level)
+    def export(self, run: Path, dest: Path) -> Path:
+        """A leave-one-out run becomes ``dest``'s fold for its held-out tile; a run on every tile
+        becomes the model folder ``dest``; either with the cut level its best validation chose."""
+        if self.cfg.holdout:
+            return export_fold(run, dest, self.cfg.holdout)
+        cut = int(best_validation(run)["val"]["cut_level"])
+        return export_model(run / "best.safetensors", dest, {**manifest_fields(self.cfg, cut), "id": dest.name})
 
 
 def export_fold(run: Path, model_dir: Path, tile: str) -> Path:
@@ -261,17 +263,11 @@ def export_fold(run: Path, model_dir: Path, tile: str) -> Path:
     The cut level chosen on that run's validation (never the held-out tile) is stored in the
     file's metadata, so ``restore bench segment`` scores each fold with its own choice.
     """
-    import json
-
     from safetensors.torch import load_file, save_file
 
     from restore_app.core.io.atomic import atomic_output
 
-    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
-    best = [r for r in records if r.get("best") and "val" in r]
-    if not best or not (run / "best.safetensors").is_file():
-        raise InputError(f"{run}: no validated best checkpoint to export")
-    record = best[-1]
+    record = best_validation(run)
     target = model_dir / "folds" / f"{Path(tile).stem}.safetensors"
     target.parent.mkdir(parents=True, exist_ok=True)
     state = load_file(str(run / "best.safetensors"))
@@ -280,4 +276,3 @@ def export_fold(run: Path, model_dir: Path, tile: str) -> Path:
                   metadata={"holdout": Path(tile).name, "cut_level": str(int(record["val"]["cut_level"])),
                             "step": str(record["step"])})
     return target
-
