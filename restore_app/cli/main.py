@@ -22,6 +22,9 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tile", type=int, default=512, help="tile size in pixels; 0 = whole image at once")
     g.add_argument("--overlap", type=int, default=None, help="tile context in pixels (default: the model's)")
     g.add_argument("--batch", type=int, default=4, help="video frames per forward pass")
+    g.add_argument("--ensemble", action=argparse.BooleanOptionalAction, default=True,
+                   help="average over the test-time transforms a model names (its self-ensemble; "
+                        "--no-ensemble: one pass, faster)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,7 +204,7 @@ def _engine(args):
 
     configure_cpu_threads()
     return Engine(EngineConfig(device=args.device, precision=args.precision, tile=args.tile,
-                               overlap=args.overlap, batch=args.batch))
+                               overlap=args.overlap, batch=args.batch, ensemble=args.ensemble))
 
 
 def cmd_run(args) -> int:

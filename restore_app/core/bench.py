@@ -13,7 +13,7 @@ import json
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -158,7 +158,15 @@ def run_bench(task: str, methods: Sequence[tuple[str, Callable[[], Restorer]]], 
 
 
 def _registered(models: Sequence[str], engine: Engine, registry: Registry) -> list[tuple[str, Callable[[], Restorer]]]:
-    return [(m, lambda m=m: Restorer(registry.load(m), engine)) for m in models]
+    """A bench row per model; a model with a self-ensemble gets a second row for its single pass,
+    so both costs and both results are in the same run."""
+    rows: list[tuple[str, Callable[[], Restorer]]] = []
+    for m in models:
+        rows.append((m, lambda m=m: Restorer(registry.load(m), engine)))
+        if engine.config.ensemble and registry.get(m).ensemble:
+            single = Engine(replace(engine.config, ensemble=False))
+            rows.append((f"{m} (single pass)", lambda m=m, e=single: Restorer(registry.load(m), e)))
+    return rows
 
 
 def bench_demosaic(models: Sequence[str], data: dict[str, Path], sigmas: Sequence[float] = (0, 10, 20),

@@ -193,8 +193,9 @@ def tiled_apply(fn: TensorFn, x: torch.Tensor, *, tile: int = 512, overlap: int 
 @dataclass(frozen=True)
 class EngineConfig:
     """User settings of the engine: ``device``, ``precision``, ``tile`` (0 = whole image) and
-    ``overlap`` (``None`` = the model's own), ``batch`` frames per forward pass for video, and
-    ``clip_length`` frames per chunk for recurrent video models."""
+    ``overlap`` (``None`` = the model's own), ``batch`` frames per forward pass for video,
+    ``clip_length`` frames per chunk for recurrent video models, and ``ensemble``: average over the
+    test-time transforms a model's manifest names (more quality for proportionally more time)."""
 
     device: str = "auto"
     precision: str = "auto"
@@ -202,6 +203,7 @@ class EngineConfig:
     overlap: int | None = None
     batch: int = 4
     clip_length: int = 32
+    ensemble: bool = True
 
     def __post_init__(self) -> None:
         check_choice(self.device.split(":")[0].lower(), DEVICES, "device")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +85,8 @@ class Restorer:
                 return out.reshape(n, t * out.shape[2], out.shape[3], out.shape[4])
 
             x_in = x.reshape(1, t * c, *x.shape[-2:])
+        if self.engine.config.ensemble and "transpose" in m.ensemble:
+            fn = _with_transpose(fn)
         start = time.perf_counter()
         try:
             out = self.engine.run(fn, x_in, scale=m.scale, align=m.align, overlap=m.overlap,
@@ -244,6 +246,19 @@ class Restorer:
 # Chains: one model after another (for example JPEG artifact removal, then super-resolution)
 
 CHAIN_ORDER = ("demosaic", "jpeg", "vsr", "segment")
+
+
+def _with_transpose(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``fn`` averaged with its result on the transposed input, transposed back (self-ensemble)."""
+
+    def both(z: torch.Tensor) -> torch.Tensor:
+        plain = fn(z)
+        layout = torch.channels_last if z.ndim == 4 and z.is_contiguous(memory_format=torch.channels_last) \
+            else torch.contiguous_format  # keep the engine's layout (channels-last on the CPU)
+        swapped = fn(z.transpose(-2, -1).contiguous(memory_format=layout)).transpose(-2, -1)
+        return (plain.float() + swapped.float()).mul_(0.5).to(plain.dtype)
+
+    return both
 
 
 def check_chain(manifests: Sequence[ModelManifest]) -> None:

@@ -39,6 +39,7 @@ TASKS = ("demosaic", "jpeg", "vsr", "segment")
 INPUT_KINDS = ("cfa", "rgb", "clip")
 OUTPUT_KINDS = ("image", "labels")
 PRECISIONS = ("fp32", "bf16", "fp16")
+ENSEMBLE_TRANSFORMS = ("transpose",)
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
@@ -50,6 +51,9 @@ class ModelManifest:
     channels) or ``"clip"`` (frame sequences ``(B, T, C, H, W)``); ``output`` is ``"image"`` or
     ``"labels"``. ``overlap`` is the tile context in input pixels, ``align`` the tile alignment
     (2 for mosaics). ``conditioning`` names extra inputs such as ``"sigma"`` (noise level).
+    ``ensemble`` names test-time transforms whose results are averaged with the plain pass (a
+    self-ensemble; the engine's ``ensemble`` setting turns it off): ``"transpose"`` swaps x and y,
+    which keeps an RGGB mosaic RGGB and the 8×8 JPEG grid on the grid.
     """
 
     id: str
@@ -68,6 +72,7 @@ class ModelManifest:
     align: int = 1
     precisions: tuple[str, ...] = ("fp32",)
     conditioning: tuple[str, ...] = ()
+    ensemble: tuple[str, ...] = ()
     clip_context: int = 6  # clip models: frames of context on each side of a chunk
     params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     weights: str | None = None
@@ -127,12 +132,14 @@ def parse_manifest(data: Mapping[str, Any], root: Path | None = None,
     expect("task", d["task"] in TASKS, f"one of {', '.join(TASKS)}")
     expect("input", d["input"] in INPUT_KINDS, f"one of {', '.join(INPUT_KINDS)}")
     expect("output", d.get("output", "image") in OUTPUT_KINDS, f"one of {', '.join(OUTPUT_KINDS)}")
-    for key in ("channels", "precisions", "conditioning", "value_range"):
+    for key in ("channels", "precisions", "conditioning", "value_range", "ensemble"):
         if key in d:
             expect(key, isinstance(d[key], list), "a list")
             d[key] = tuple(d[key])
     expect("precisions", set(d.get("precisions", ("fp32",))) <= set(PRECISIONS),
            f"a list of {', '.join(PRECISIONS)}")
+    expect("ensemble", set(d.get("ensemble", ())) <= set(ENSEMBLE_TRANSFORMS),
+           f"a list of {', '.join(ENSEMBLE_TRANSFORMS)}")
     expect("channels", all(c in (1, 3) for c in d.get("channels", (3,))), "a list of 1 and/or 3")
     for key in ("scale", "overlap", "align", "clip_context"):
         if key in d:
@@ -375,13 +382,18 @@ class Registry:
             raise ModelNotFoundError(f"unknown model {model_id!r}; known models: {known}")
         return found[model_id]
 
-    def default(self, task: str) -> ModelManifest:
-        """The task's default model (``default = true`` in its manifest, else the first by id)."""
+    def default(self, task: str, grey: bool = False) -> ModelManifest:
+        """The task's default model (``default = true`` in its manifest, else the first by id).
+
+        A task may mark a colour and a grey default: for ``grey`` input the one that takes one
+        channel is preferred, otherwise one that takes three.
+        """
         candidates = self.manifests(task)
         if not candidates:
             raise ModelNotFoundError(f"no model for task {task!r}")
-        marked = [m for m in candidates if m.default]
-        return marked[0] if marked else candidates[0]
+        marked = [m for m in candidates if m.default] or candidates[:1]
+        fits = [m for m in marked if (1 if grey else 3) in m.channels]
+        return (fits or marked)[0]
 
     def load(self, model: str | ModelManifest) -> LoadedModel:
         """Build a model by id or manifest, with its weights loaded (on the CPU)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtWidgets import QComboBox, QDialog, QDialogButtonBox, QFormLayout, QSpinBox, QWidget
+from PySide6.QtWidgets import QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFormLayout, QSpinBox, QWidget
 
 from restore_app.gui.settings import THEMES, Settings
 
@@ -22,6 +22,8 @@ class SettingsDialog(QDialog):
         self.tile.setSingleStep(64)
         self.tile.setSpecialValueText("whole image")
         self.tile.setValue(settings.tile)
+        self.ensemble = QCheckBox("Best quality (self-ensemble: about 2× the time for models that offer it)")
+        self.ensemble.setChecked(settings.ensemble)
         self.theme = QComboBox()
         self.theme.addItems(list(THEMES))
         self.theme.setCurrentText(settings.theme)
@@ -29,6 +31,7 @@ class SettingsDialog(QDialog):
         form.addRow("Device", self.device)
         form.addRow("Precision", self.precision)
         form.addRow("Tile size (px)", self.tile)
+        form.addRow("Quality", self.ensemble)
         form.addRow("Theme", self.theme)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         buttons.accepted.connect(self.accept)
@@ -40,6 +43,7 @@ class SettingsDialog(QDialog):
         s = Settings(**{**self._base.__dict__})
         s.device, s.precision = self.device.currentText(), self.precision.currentText()
         s.tile, s.theme = self.tile.value(), self.theme.currentText()
+        s.ensemble = self.ensemble.isChecked()
         if s.tile and s.tile < 32:
             s.tile = 32
         return s.validate()

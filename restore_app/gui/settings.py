@@ -20,6 +20,7 @@ class Settings:
     device: str = "auto"
     precision: str = "auto"
     tile: int = 512
+    ensemble: bool = True  # average a model's test-time transforms (best quality; off: faster)
     theme: str = "system"
     recent: list[str] = field(default_factory=list)
     last_folder: str = ""
@@ -28,6 +29,8 @@ class Settings:
         check_choice(self.device, ("auto", "cpu", "cuda", "mps"), "device")
         check_choice(self.precision, ("auto", "fp32", "bf16", "fp16"), "precision")
         check_range(self.tile, 0, 8192, "tile")
+        if not isinstance(self.ensemble, bool):
+            raise InputError(f"ensemble must be true or false; got {self.ensemble!r}")
         check_choice(self.theme, THEMES, "theme")
         return self
 

@@ -264,7 +264,8 @@ class MainViewModel:
         if task is None:
             firsts = self.first_models()
             return [firsts[0].id] if firsts else []
-        return [self.registry.default(task).id]
+        grey = self.document is not None and self.document.raw is None and self.document.image.ndim == 2
+        return [self.registry.default(task, grey=grey).id]
 
     def chain_scale(self) -> int:
         return int(np.prod([self.registry.get(i).scale for i in self.chain])) if self.chain else 1
@@ -272,7 +273,7 @@ class MainViewModel:
     # -- running ---------------------------------------------------------------------------------
     def engine_config(self) -> EngineConfig:
         s = self.settings
-        return EngineConfig(device=s.device, precision=s.precision, tile=s.tile)
+        return EngineConfig(device=s.device, precision=s.precision, tile=s.tile, ensemble=s.ensemble)
 
     def restorer(self, model_id: str) -> Restorer:
         key = (model_id, self.engine_config())

@@ -69,6 +69,37 @@ def test_tiny_tiles_equal_whole_image(coffee):
     assert np.abs(whole - tiled).max() < 1e-5
 
 
+def test_self_ensemble_averages_the_transposed_pass(coffee):
+    """A model naming ``ensemble = ["transpose"]`` is averaged with its pass on the transposed image
+    (here a horizontal-only filter, which the transpose turns vertical); the engine can turn it off,
+    and tiling does not change the result."""
+    import torch
+
+    from restore_app.core.registry import LoadedModel
+
+    conv = torch.nn.Conv2d(3, 3, (1, 3), padding=(0, 1), bias=False, groups=3)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([-1.0, 2.0, 0.0]).expand(3, 1, 1, 3))
+    manifest = parse_manifest({"id": "h-filter", "task": "jpeg", "name": "H", "architecture": "identity",
+                               "input": "rgb", "ensemble": ["transpose"], "overlap": 8,
+                               "license": "MIT", "training_data": "none"})
+    x = to_float(coffee[:96, :130])
+    t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
+    with torch.no_grad():
+        horizontal = conv(t)[0].permute(1, 2, 0).numpy()
+        vertical = conv(t.transpose(-2, -1))[0].transpose(-2, -1).permute(1, 2, 0).numpy()
+
+    def run(**engine) -> np.ndarray:
+        model = LoadedModel(manifest, conv)
+        return Restorer(model, Engine(EngineConfig(device="cpu", precision="fp32", **engine))).restore_image(x)
+
+    assert np.abs(run(ensemble=False, tile=0) - np.clip(horizontal, 0, 1)).max() < 1e-5
+    both = np.clip((horizontal + vertical) / 2, 0, 1)
+    assert np.abs(run(tile=0) - both).max() < 1e-5
+    assert np.abs(run(tile=48) - both).max() < 1e-5
+    assert np.abs(both - np.clip(horizontal, 0, 1)).max() > 0.1  # the two passes really differ
+
+
 def test_cancel_stops_a_run(coffee):
     token = CancelToken()
     token.cancel()

@@ -55,6 +55,7 @@ def test_unknown_id_lists_known_ones():
     ({"sha256": "abc"}, "sha256 must be"),
     ({"scale": 0}, "scale must be"),
     ({"channels": [2]}, "channels must be"),
+    ({"ensemble": ["rot45"]}, "ensemble must be"),
 ])
 def test_manifest_validation(change, message):
     with pytest.raises(ModelLoadError, match=message):
@@ -206,3 +207,18 @@ def test_env_path_is_searched(tmp_path, monkeypatch):
     reg = Registry(entry_points=False)
     assert reg.get("my-model").source == "RESTORE_MODELS_PATH"
     assert "bilinear-demosaic" in reg.ids()
+
+
+def test_grey_and_colour_defaults(tmp_path):
+    zoo = tmp_path / "zoo"
+    _model_folder(zoo / "a", "a-colour", "identity", None, extra="default = true\n")
+    _model_folder(zoo / "b", "b-grey", "identity", None, extra="default = true\nchannels = [1]\n")
+    _model_folder(zoo / "c", "c-other", "identity", None)
+    reg = Registry(paths=[(zoo, "zoo")], entry_points=False)
+    assert reg.default("jpeg").id == "a-colour"
+    assert reg.default("jpeg", grey=True).id == "b-grey"
+    # a grey model that is not marked default is not chosen: the marked colour model serves grey too
+    other = tmp_path / "other"
+    _model_folder(other / "a", "a-colour", "identity", None, extra="default = true\n")
+    _model_folder(other / "b", "b-grey", "identity", None, extra="channels = [1]\n")
+    assert Registry(paths=[(other, "other")], entry_points=False).default("jpeg", grey=True).id == "a-colour"

@@ -176,10 +176,24 @@ def test_drop_a_file_and_open_the_model_card(qtbot, window, tmp_path, coffee):
 
 def test_settings_persist(qtbot, window, tmp_path):
     s = window.vm.settings.__class__(**{**window.vm.settings.__dict__})
-    s.device, s.tile, s.theme = "cpu", 256, "dark"
+    s.device, s.tile, s.theme, s.ensemble = "cpu", 256, "dark", False
     window.apply_settings(s)
     assert "Device: cpu" in window.device_label.text() and "tile 256" in window.device_label.text()
     assert window.store.load().tile == 256 and window.store.load().theme == "dark"
+    assert window.store.load().ensemble is False and window.vm.engine_config().ensemble is False
+
+
+def test_settings_dialog_round_trip(qtbot, window):
+    from restore_app.gui.dialogs import SettingsDialog
+
+    dialog = SettingsDialog(window.vm.settings, window)
+    qtbot.addWidget(dialog)
+    assert dialog.ensemble.isChecked() == window.vm.settings.ensemble
+    dialog.ensemble.setChecked(False)
+    dialog.tile.setValue(256)
+    out = dialog.result_settings()
+    assert out.ensemble is False and out.tile == 256
+    assert window.vm.settings.ensemble is True  # the dialog edits a copy until accepted
 
 
 def test_zoom_pan_and_sync(qtbot, window, tmp_path, coffee):

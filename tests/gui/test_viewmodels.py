@@ -40,6 +40,16 @@ def test_open_image_picks_an_applicable_default_chain(vm, tmp_path, coffee):
     assert out.shape == coffee.shape and vm.metrics() is None  # no reference: no metrics
 
 
+def test_grey_image_gets_the_grey_default(vm, tmp_path, coffee):
+    grey = np.ascontiguousarray(coffee[..., 1])
+    vm.open(write_image(tmp_path / "scan.jpg", grey, quality=20))
+    assert vm.chain == [default_registry().default("jpeg", grey=True).id]
+    out = _run(vm)
+    assert out.shape == grey.shape
+    vm.open(write_image(tmp_path / "photo.jpg", coffee, quality=20))
+    assert vm.chain == [default_registry().default("jpeg").id]
+
+
 def test_raw_files_need_a_demosaicer_first(vm, tmp_path):
     counts = np.rint(256 + mosaic(smooth_rgb(64, 96), "GBRG") * 3800).astype(np.uint16)
     vm.open(write_dng(tmp_path / "a.dng", counts, "GBRG"))
