@@ -57,3 +57,35 @@ def test_validation_scores(jpeg_task):
     scores = jpeg_task.validate(jpeg_task.model, torch.device("cpu"), "fp32")
     assert set(scores) == {"psnr_rgb_q10", "psnr_rgb_q30", "psnr_rgb_q90", "psnr_grey_q10", "score"}
     assert scores["psnr_rgb_q90"] > scores["psnr_rgb_q10"]
+
+
+def test_grey_specialist_trains_and_validates_on_grey(tmp_path, jpeg_task):
+    from restore_app.core.train.jpeg import manifest_fields
+
+    cfg = JpegTrainConfig(data=jpeg_task.cfg.data, val_holdout=1, patch=64, widths="16,16,16",
+                          blocks="1,1,1", grey_prob=1.0)
+    task = JpegTask(cfg)
+    _, y = task.batch(np.random.default_rng(0), 6)
+    assert bool((y[:, 0] == y[:, 1]).all() and (y[:, 1] == y[:, 2]).all())  # every target grey
+    scores = task.validate(task.model, torch.device("cpu"), "fp32")
+    assert set(scores) == {"psnr_grey_q10", "psnr_grey_q30", "psnr_grey_q90", "score"}
+    assert manifest_fields(cfg)["id"] == "restore-jpeg-grey"
+    assert manifest_fields(jpeg_task.cfg)["id"] == "restore-jpeg"
+    # exported as the one-channel network, equal on grey input to the colour one averaged over RGB
+    from safetensors.torch import save_file
+
+    from restore_app.core.registry import Registry, read_manifest
+
+    run = tmp_path / "grey-run"
+    run.mkdir()
+    with torch.no_grad():
+        task.model.tail.weight.normal_(std=0.05)  # a correction that differs between R, G and B
+    save_file(task.model.state_dict(), str(run / "best.safetensors"))
+    folder = task.export(run, tmp_path / "zoo" / "my-grey")
+    manifest = read_manifest(folder)
+    assert manifest.channels == (1,) and manifest.params["channels"] == 1
+    grey = Registry(paths=[(tmp_path / "zoo", "test")], entry_points=False).load("my-grey").module
+    x = torch.rand(1, 1, 40, 48)
+    with torch.no_grad():
+        want = task.model(x.expand(1, 3, -1, -1)).mean(1, keepdim=True)
+        assert torch.allclose(grey(x), want, atol=1e-5)

@@ -50,19 +50,35 @@ def dihedral(patch: np.ndarray, k: int) -> np.ndarray:
     return out[:, ::-1] if k >= 4 else out
 
 
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def saturate(rgb: np.ndarray, gain: float) -> np.ndarray:
+    """``rgb`` with its chroma (the difference from BT.601 luma) scaled by ``gain``, clipped to [0, 1]."""
+    luma = rgb @ LUMA
+    return np.clip(luma[..., None] + np.float32(gain) * (rgb - luma[..., None]), 0.0, 1.0).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class Jitter:
     """Photometric augmentation: exposure gain (log-uniform in ``[1/exposure, exposure]``) and
-    per-channel colour gains in ``[1 - colour, 1 + colour]``, clipped to [0, 1]."""
+    per-channel colour gains in ``[1 - colour, 1 + colour]``, clipped to [0, 1]; with probability
+    ``saturation_prob``, chroma scaled by a gain uniform in ``[1, saturation]`` (:func:`saturate`:
+    vivid, weakly correlated colour channels, which natural photo sets hold few of)."""
 
     exposure: float = 1.4
     colour: float = 0.15
+    saturation: float = 1.0
+    saturation_prob: float = 0.0
 
     def __call__(self, patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         gain = np.exp(rng.uniform(-np.log(self.exposure), np.log(self.exposure)))
         if patch.ndim == 3 and self.colour > 0:
             gain = gain * rng.uniform(1 - self.colour, 1 + self.colour, size=patch.shape[2])
-        return np.clip(patch * np.float32(1) * gain, 0.0, 1.0).astype(np.float32)
+        out = np.clip(patch * np.float32(1) * gain, 0.0, 1.0).astype(np.float32)
+        if patch.ndim == 3 and self.saturation > 1 and rng.random() < self.saturation_prob:
+            out = saturate(out, rng.uniform(1.0, self.saturation))
+        return out
 
 
 class PatchSampler:

@@ -25,7 +25,7 @@ from restore_app.core.metrics import psnr
 from restore_app.core.noise import sensor_noise_map
 from restore_app.core.pipeline import Restorer
 from restore_app.core.registry import LoadedModel, parse_manifest
-from restore_app.core.train.data import Jitter, PatchSampler, bsds_train_val, image_files, load_images
+from restore_app.core.train.data import Jitter, PatchSampler, bsds_train_val, image_files, load_images, saturate
 from restore_app.core.train.loop import TrainConfig
 
 
@@ -41,6 +41,9 @@ class DemosaicTrainConfig(TrainConfig):
     zero_noise_prob: float = 0.0  # share of patches with no noise at all (σ = 0 exactly)
     hard_prob: float = 0.0  # share of patches mined as the hardest of ``hard_candidates`` for bilinear
     hard_candidates: int = 4
+    saturation: float = 1.0  # chroma gain up to this (1 = off), on ``saturation_prob`` of patches
+    saturation_prob: float = 0.0
+    val_saturation: float = 0.0  # > 0: also validate noise-free on the hold-out with chroma × this
     width: int = 64
     blocks: int = 7
 
@@ -58,7 +61,7 @@ def manifest_fields(cfg: DemosaicTrainConfig) -> dict:
                        "conditioned on the noise level (given or estimated); one model for every pattern "
                        "and noise level.",
         "architecture": "demosaic_net", "params": {"width": cfg.width, "blocks": cfg.blocks},
-        "input": "cfa", "channels": [3], "conditioning": ["sigma"], "align": 2,
+        "input": "cfa", "channels": [3], "conditioning": ["sigma"], "align": 2, "ensemble": ["transpose"],
         "overlap": int(np.ceil(receptive / 0.75 / 2) * 2), "precisions": ["fp32", "bf16", "fp16"],
         "license": "MIT",
         "training_data": "BSDS500 train+val (BIDS/BSDS500 a04b7c6) shrunk ×2, less the validation hold-out",
@@ -78,7 +81,8 @@ class DemosaicTask:
         held_out = list_images(cfg.data[-1])[-cfg.val_holdout:] if cfg.val_holdout else []
         self.val_files = held_out
         self.sampler = PatchSampler(load_images(image_files(cfg.data, exclude=held_out), cfg.downscale),
-                                    cfg.patch, Jitter())
+                                    cfg.patch, Jitter(saturation=cfg.saturation,
+                                                      saturation_prob=cfg.saturation_prob))
         self.val_images = load_images(held_out, cfg.downscale)
         self.model = DemosaicNet(width=cfg.width, blocks=cfg.blocks)
 
@@ -117,15 +121,20 @@ class DemosaicTask:
     def validate(self, model: torch.nn.Module, device: torch.device, precision: str) -> dict[str, float]:
         manifest = parse_manifest({**manifest_fields(self.cfg), "id": "validation"})
         restorer = Restorer(LoadedModel(manifest, model),
-                            Engine(EngineConfig(device=str(device), precision=precision, tile=0)))
+                            Engine(EngineConfig(device=str(device), precision=precision, tile=0,
+                                                ensemble=self.cfg.val_ensemble)))
+        u8 = lambda x: np.rint(np.clip(x, 0, 1) * 255)  # noqa: E731
+        sets = [(f"psnr_s{sigma}", sigma, self.val_images) for sigma in (0, 10, 20)]
+        if self.cfg.val_saturation > 0:
+            vivid = [saturate(np.rint(im * 255) / 255, self.cfg.val_saturation) for im in self.val_images]
+            sets.append(("psnr_sat_s0", 0, vivid))
         scores = {}
-        for sigma in (0, 10, 20):
+        for name, sigma, images in sets:
             vals = []
-            for i, clean in enumerate(self.val_images):
+            for i, clean in enumerate(images):
                 noisy = add_gaussian_noise(mosaic(clean, "RGGB"), sigma / 255, seed=1000 + i)
                 out = restorer.demosaic(noisy, sigma=sigma / 255)
-                u8 = lambda x: np.rint(np.clip(x, 0, 1) * 255)  # noqa: E731
                 vals.append(psnr(u8(clean), u8(out), 255.0, crop=10))
-            scores[f"psnr_s{sigma}"] = float(np.mean(vals))
+            scores[name] = float(np.mean(vals))
         scores["score"] = float(np.mean(list(scores.values())))
         return scores

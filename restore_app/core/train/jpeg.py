@@ -5,7 +5,11 @@ OpenCV at a quality uniform in [``q_min``, ``q_max``] (4:2:0 chroma for colour);
 ``grey_prob`` it is made grey first and compressed as a grey JPEG; with probability ``double_prob``
 it is compressed twice, at two qualities, the second time on a grid shifted by up to 7 pixels.
 Validation: ``val_holdout`` held-out images at quality 10, 30 and 90 in colour and 10 in grey; the
-score is their mean PSNR.
+score is their mean PSNR. ``downscale = 2`` shrinks training and validation photos first (MATLAB
+bicubic), which removes the 8×8 traces of the camera's own JPEG from the targets. With
+``grey_prob = 1`` the model is a grey specialist (fine-tuned from the blind colour model, for
+greyscale files): it is trained with R = G = B, validated and exported as the one-channel network,
+in grey at quality 10, 30 and 90.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
-from restore_app.core.archs.jpeg_unet import JpegUNet
+from restore_app.core.archs.jpeg_unet import JpegUNet, grey_state
 from restore_app.core.color import rgb_to_y
 from restore_app.core.degrade import jpeg_compress
 from restore_app.core.engine import Engine, EngineConfig
@@ -25,7 +30,7 @@ from restore_app.core.metrics import psnr
 from restore_app.core.pipeline import Restorer
 from restore_app.core.registry import LoadedModel, parse_manifest
 from restore_app.core.train.data import PatchSampler, bsds_train_val, image_files, load_images
-from restore_app.core.train.loop import TrainConfig
+from restore_app.core.train.loop import TrainConfig, export_model
 
 
 @dataclass
@@ -38,6 +43,7 @@ class JpegTrainConfig(TrainConfig):
     q_max: int = 95
     grey_prob: float = 0.25
     double_prob: float = 0.2
+    downscale: int = 1  # 2: shrink the photos first, so the camera's own JPEG traces leave the targets
     widths: str = "48,96,128"
     blocks: str = "1,2,3"
 
@@ -46,17 +52,32 @@ class JpegTrainConfig(TrainConfig):
         self.data = tuple(Path(d) for d in self.data)
 
     @property
+    def grey_only(self) -> bool:
+        return self.grey_prob >= 1.0
+
+    @property
     def arch_params(self) -> dict:
         return {"widths": [int(v) for v in self.widths.split(",")],
                 "blocks": [int(v) for v in self.blocks.split(",")]}
 
 
 def manifest_fields(cfg: JpegTrainConfig) -> dict:
+    if cfg.grey_only:  # trained as R = G = B, shipped as the one-channel network (see ``grey_state``)
+        return {**_colour_manifest(cfg), "id": "restore-jpeg-grey",
+                "name": "Restore JPEG artifact removal (blind, greyscale)",
+                "description": "Removes JPEG blocking and ringing from greyscale images at any quality, without "
+                               "being told the quality; the blind colour model fine-tuned on grey JPEGs alone.",
+                "params": {**cfg.arch_params, "channels": 1}, "channels": [1]}
+    return _colour_manifest(cfg)
+
+
+def _colour_manifest(cfg: JpegTrainConfig) -> dict:
     return {
         "id": "restore-jpeg", "task": "jpeg", "name": "Restore JPEG artifact removal (blind)",
         "description": "Removes JPEG blocking, ringing and colour bleeding at any quality, in colour and grey, "
                        "without being told the quality; leaves high-quality files as they are.",
         "architecture": "jpeg_unet", "params": cfg.arch_params, "input": "rgb", "channels": [3],
+        "ensemble": ["transpose"],
         "align": 8, "overlap": 64, "precisions": ["fp32", "bf16", "fp16"], "license": "MIT",
         "training_data": "BSDS500 train+val (BIDS/BSDS500 a04b7c6), less the validation hold-out",
     }
@@ -70,8 +91,9 @@ class JpegTask:
     def __init__(self, cfg: JpegTrainConfig) -> None:
         self.cfg = cfg
         held_out = list_images(cfg.data[-1])[-cfg.val_holdout:] if cfg.val_holdout else []
-        self.sampler = PatchSampler(load_images(image_files(cfg.data, exclude=held_out)), cfg.patch + 8)
-        self.val_images = [np.rint(im * 255).astype(np.uint8) for im in load_images(held_out)]
+        self.sampler = PatchSampler(load_images(image_files(cfg.data, exclude=held_out), cfg.downscale),
+                                    cfg.patch + 8)
+        self.val_images = [np.rint(im * 255).astype(np.uint8) for im in load_images(held_out, cfg.downscale)]
         params = cfg.arch_params
         self.model = JpegUNet(widths=tuple(params["widths"]), blocks=tuple(params["blocks"]))
 
@@ -99,12 +121,29 @@ class JpegTask:
         y = np.stack([c for _, c in pairs]).astype(np.float32) / 255.0
         return torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(y).permute(0, 3, 1, 2)
 
+    def shipped(self, model: JpegUNet) -> JpegUNet:
+        """The network as exported: a grey specialist becomes one-channel (:func:`grey_state`)."""
+        if not self.cfg.grey_only:
+            return model
+        grey = JpegUNet(widths=model.widths, blocks=model.blocks, channels=1).to(next(model.parameters()).device)
+        grey.load_state_dict(grey_state(model.state_dict()))
+        return grey.eval()
+
+    def export(self, run: Path, dest: Path) -> Path:
+        """Write the run's best weights as the model folder ``dest``, as shipped."""
+        model = JpegUNet(**{k: tuple(v) for k, v in self.cfg.arch_params.items()})
+        model.load_state_dict(load_file(str(run / "best.safetensors")))
+        return export_model(self.shipped(model).state_dict(), dest, {**manifest_fields(self.cfg), "id": dest.name})
+
     def validate(self, model: torch.nn.Module, device: torch.device, precision: str) -> dict[str, float]:
         manifest = parse_manifest({**manifest_fields(self.cfg), "id": "validation"})
-        restorer = Restorer(LoadedModel(manifest, model),
-                            Engine(EngineConfig(device=str(device), precision=precision, tile=0)))
+        restorer = Restorer(LoadedModel(manifest, self.shipped(model)),
+                            Engine(EngineConfig(device=str(device), precision=precision, tile=0,
+                                                ensemble=self.cfg.val_ensemble)))
         scores = {}
-        for grey, quality in ((False, 10), (False, 30), (False, 90), (True, 10)):
+        sets = (((True, 10), (True, 30), (True, 90)) if self.cfg.grey_only else
+                ((False, 10), (False, 30), (False, 90), (True, 10)))
+        for grey, quality in sets:
             gains = []
             for img in self.val_images:
                 clean = _to_grey(img) if grey else img

@@ -51,6 +51,7 @@ class TrainConfig:
     log_every: int = 50
     val_every: int = 1000
     init: Path | None = None  # fine-tune from these weights (transfer learning)
+    val_ensemble: bool = False  # validate through the model's self-ensemble (default: its single pass)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -227,15 +228,16 @@ def best_validation(out: Path) -> dict[str, Any]:
     return best[-1]
 
 
-def export_model(weights: Path, folder: Path, manifest: dict[str, Any]) -> Path:
-    """Write ``weights`` into a model folder as ``weights.safetensors`` with a manifest and its sha256.
+def export_model(weights: Path | dict[str, torch.Tensor], folder: Path, manifest: dict[str, Any]) -> Path:
+    """Write ``weights`` (a safetensors file or a state dict) into a model folder as
+    ``weights.safetensors`` with a manifest and its sha256.
 
     The manifest's values are written as TOML; ``CARD.md`` is left for the author (it needs the
     measured table), but a stub is created if missing so the folder is complete.
     """
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / "weights.safetensors"
-    state = load_file(str(weights))
+    state = weights if isinstance(weights, dict) else load_file(str(weights))
     with atomic_output(target) as tmp:
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
     digest = hashlib.sha256(target.read_bytes()).hexdigest()
