@@ -166,12 +166,15 @@ class MainViewModel:
     # -- opening ---------------------------------------------------------------------------------
     def open(self, path: str | Path) -> Document:
         doc = load_document(path, self.registry)
+        was_default = bool(self.chain) and self.chain == self.default_chain()
         self.document, self.result, self.region = doc, None, None
         self.simulated = simulate(doc.image, self.degradation) if self.degradation and not doc.is_mosaic \
             else None
         self.settings.add_recent(path)
         self.settings.last_folder = str(Path(path).resolve().parent)
-        if not self.chain or not self._chain_applies(self.chain):
+        # a chain the user chose is kept while it applies; a default one follows the new input
+        # (a grey image gets the grey default, a colour one the colour default)
+        if not self.chain or was_default or not self._chain_applies(self.chain):
             self.chain = self.default_chain()
         return doc
 

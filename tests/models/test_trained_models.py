@@ -70,6 +70,30 @@ def test_restore_jpeg_does_not_harm_quality_90():
     assert psnr(clean, out, 255.0) >= psnr(clean, jpg, 255.0)
 
 
+def test_restore_jpeg_grey_restores_grey_and_quality_90():
+    grey = np.rint(_photo()[..., 1] * 255).astype(np.uint8)
+    restorer = _restorer("restore-jpeg-grey")
+    assert restorer.manifest.channels == (1,)
+    for quality, gain in ((10, 1.0), (90, 0.0)):
+        jpg = jpeg_compress(grey, quality)
+        out = _u8(restorer.restore_image(jpg.astype(np.float32) / 255))
+        assert out.shape == grey.shape
+        assert psnr(grey, out, 255.0) - psnr(grey, jpg, 255.0) >= gain, quality
+
+
+def test_self_ensemble_is_not_worse_than_one_pass():
+    """The transposed second pass that restore-dm and restore-jpeg average in by default."""
+    clean = _photo()
+    noisy = mosaic(clean, "RGGB")
+    scores = {}
+    for ensemble in (False, True):
+        r = Restorer(default_registry().load("restore-dm"),
+                     Engine(EngineConfig(device="cpu", precision="fp32", tile=0, ensemble=ensemble)))
+        scores[ensemble] = psnr(_u8(clean), _u8(r.demosaic(noisy, sigma=0.0)), 255.0, crop=10)
+    assert scores[True] >= scores[False]
+    assert scores[True] != scores[False]  # the second pass really ran
+
+
 def _moving_clip(frames: int = 6):
     """A camera pan over the bundled photo, shrunk ×4 the MATLAB way: ``(lr uint8 frames, hr frames)``."""
     from restore_app.core.train.vsr import VSRTrainConfig, synth_clip

@@ -77,9 +77,11 @@ def _colour_manifest(cfg: JpegTrainConfig) -> dict:
         "description": "Removes JPEG blocking, ringing and colour bleeding at any quality, in colour and grey, "
                        "without being told the quality; leaves high-quality files as they are.",
         "architecture": "jpeg_unet", "params": cfg.arch_params, "input": "rgb", "channels": [3],
-        "ensemble": ["transpose"],
-        "align": 8, "overlap": 64, "precisions": ["fp32", "bf16", "fp16"], "license": "MIT",
-        "training_data": "BSDS500 train+val (BIDS/BSDS500 a04b7c6), less the validation hold-out",
+        "ensemble": ["transpose"], "align": 8, "overlap": 64, "precisions": ["fp32", "bf16", "fp16"],
+        "license": "MIT",
+        "training_data": "BSDS500 train+val (BIDS/BSDS500 a04b7c6)"
+                         + (f" shrunk ×{cfg.downscale}" if cfg.downscale > 1 else "")
+                         + ", less the validation hold-out",
     }
 
 
