@@ -8,6 +8,7 @@ import torch
 _Y = (65.481, 128.553, 24.966)
 _CB = (-37.797, -74.203, 112.0)
 _CR = (112.0, -93.786, -18.214)
+LUMA = (np.array(_Y, dtype=np.float64) / 219.0).astype(np.float32)  # full-range BT.601 weights (0.299, 0.587, 0.114)
 
 
 def rgb_to_y(x, data_range: float = 1.0):

@@ -43,7 +43,7 @@ class JpegUNet(nn.Module):
         w1, w2, w3 = widths
         b1, b2, b3 = blocks
         self.widths, self.blocks, self.channels = tuple(widths), tuple(blocks), channels
-        self.head = nn.Conv2d(4 * channels, w1, 3, padding=1)               # 1/2 resolution (pixel-unshuffled)
+        self.head = nn.Conv2d(4 * channels, w1, 3, padding=1)   # 1/2 resolution (pixel-unshuffled)
         self.enc1 = _stage(w1, b1)
         self.down2 = nn.Conv2d(w1, w2, 2, stride=2)                 # 1/4
         self.enc2 = _stage(w2, b2)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from restore_app.core.color import LUMA
 from restore_app.core.degrade import downsample
 from restore_app.core.errors import InputError
 from restore_app.core.evaluate import list_images
@@ -48,9 +49,6 @@ def dihedral(patch: np.ndarray, k: int) -> np.ndarray:
     """One of the 8 flips/rotations of a square patch (``k`` in 0..7)."""
     out = np.rot90(patch, k % 4)
     return out[:, ::-1] if k >= 4 else out
-
-
-LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 def saturate(rgb: np.ndarray, gain: float) -> np.ndarray:

@@ -84,6 +84,9 @@ class DemosaicTask:
                                     cfg.patch, Jitter(saturation=cfg.saturation,
                                                       saturation_prob=cfg.saturation_prob))
         self.val_images = load_images(held_out, cfg.downscale)
+        # the same hold-out with chroma × val_saturation (vivid colours), made once
+        self.vivid_images = [saturate(np.rint(im * 255) / 255, cfg.val_saturation)
+                             for im in self.val_images] if cfg.val_saturation > 0 else []
         self.model = DemosaicNet(width=cfg.width, blocks=cfg.blocks)
 
     def _patch(self, rng: np.random.Generator) -> np.ndarray:
@@ -125,9 +128,8 @@ class DemosaicTask:
                                                 ensemble=self.cfg.val_ensemble)))
         u8 = lambda x: np.rint(np.clip(x, 0, 1) * 255)  # noqa: E731
         sets = [(f"psnr_s{sigma}", sigma, self.val_images) for sigma in (0, 10, 20)]
-        if self.cfg.val_saturation > 0:
-            vivid = [saturate(np.rint(im * 255) / 255, self.cfg.val_saturation) for im in self.val_images]
-            sets.append(("psnr_sat_s0", 0, vivid))
+        if self.vivid_images:
+            sets.append(("psnr_sat_s0", 0, self.vivid_images))
         scores = {}
         for name, sigma, images in sets:
             vals = []

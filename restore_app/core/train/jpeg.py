@@ -96,8 +96,7 @@ class JpegTask:
         self.sampler = PatchSampler(load_images(image_files(cfg.data, exclude=held_out), cfg.downscale),
                                     cfg.patch + 8)
         self.val_images = [np.rint(im * 255).astype(np.uint8) for im in load_images(held_out, cfg.downscale)]
-        params = cfg.arch_params
-        self.model = JpegUNet(widths=tuple(params["widths"]), blocks=tuple(params["blocks"]))
+        self.model = self._network()
 
     def _sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         p = self.cfg.patch
@@ -123,6 +122,10 @@ class JpegTask:
         y = np.stack([c for _, c in pairs]).astype(np.float32) / 255.0
         return torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(y).permute(0, 3, 1, 2)
 
+    def _network(self) -> JpegUNet:
+        """The (three-channel) network this config trains."""
+        return JpegUNet(**{k: tuple(v) for k, v in self.cfg.arch_params.items()})
+
     def shipped(self, model: JpegUNet) -> JpegUNet:
         """The network as exported: a grey specialist becomes one-channel (:func:`grey_state`)."""
         if not self.cfg.grey_only:
@@ -133,7 +136,7 @@ class JpegTask:
 
     def export(self, run: Path, dest: Path) -> Path:
         """Write the run's best weights as the model folder ``dest``, as shipped."""
-        model = JpegUNet(**{k: tuple(v) for k, v in self.cfg.arch_params.items()})
+        model = self._network()
         model.load_state_dict(load_file(str(run / "best.safetensors")))
         return export_model(self.shipped(model).state_dict(), dest, {**manifest_fields(self.cfg), "id": dest.name})
 
