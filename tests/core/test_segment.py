@@ -171,3 +171,29 @@ def test_fade_foreground_makes_objects_pale_and_leaves_the_background(coffee):
     contrast = lambda im: abs(im[bg].mean() - im[fg].mean())  # noqa: E731
     assert contrast(out) < 0.7 * contrast(img)
     assert np.corrcoef(out[fg][:, 1], img[fg][:, 1])[0, 1] > 0.5  # texture kept (under a varying background)
+
+
+def test_vesicular_scenes_have_pale_interiors_with_dark_rims(coffee):
+    from scipy import ndimage as ndi
+
+    from restore_app.core.io import to_float
+    from restore_app.core.train.segment import synthetic_scene
+
+    textures = [to_float(coffee).astype(np.float32)]
+    plain = synthetic_scene(128, textures, np.random.default_rng(5))
+    again = synthetic_scene(128, textures, np.random.default_rng(5), vesicular=0.0)
+    assert all(np.array_equal(a, b) for a, b in zip(plain, again, strict=True))  # the earlier recipe unchanged
+
+    def rim_minus_interior(img, labels):
+        """Mean darkness of the objects' outer pixel ring minus that of their interiors."""
+        grey, fg = img.mean(axis=2), labels > 0
+        inner = ndi.binary_erosion(fg, iterations=3)
+        ring = fg & ~ndi.binary_erosion(fg, iterations=1)
+        return grey[inner].mean() - grey[ring].mean()  # > 0: the interior is lighter than the rim
+
+    diffs = {v: np.mean([rim_minus_interior(*synthetic_scene(128, textures, np.random.default_rng(s), v))
+                         for s in range(12)]) for v in (0.0, 1.0)}
+    assert diffs[1.0] > diffs[0.0] + 0.03, diffs
+    img, labels = synthetic_scene(128, textures, np.random.default_rng(0), 1.0)
+    assert img.shape == (128, 128, 3) and img.dtype == np.float32 and 0 <= img.min() and img.max() <= 1
+    assert labels.max() >= 1 and set(np.unique(labels)) == set(range(labels.max() + 1))

@@ -2,7 +2,8 @@
 
 Batches mix the labelled tiles (``data``: a folder with ``images/`` and ``labels/``, such as
 ``nuclei_he`` or a user's own) with synthetic scenes: touching and overlapping blobs and ellipses of
-varied size, textured with BSDS500 patches, in H&E-like colours, blurred and noisy. Everything gets
+varied size, textured with BSDS500 patches, in H&E-like colours, solid or vesicular (pale with a dark
+rim and chromatin clumps), blurred and noisy. Everything gets
 strong augmentation: rescaling, the 8 flips and rotations, stain jitter in HED colour space (haematoxylin down to pale),
 objects faded towards their local background (pale nuclei),
 brightness and contrast. ``holdout`` leaves one tile out entirely (leave-one-out evaluation).
@@ -56,6 +57,7 @@ class SegmentTrainConfig(TrainConfig):
     holdout: str = ""  # a tile left out (leave-one-out); "" trains on every tile
     synthetic_prob: float = 0.5
     fade_prob: float = 0.4  # share of patches whose objects are made pale (fade_foreground)
+    vesicular_prob: float = 0.5  # share of synthetic scenes with vesicular (pale, rimmed, clumped) nuclei
     scale_min: float = 0.6  # rescaling of the labelled tiles: the five tiles' nuclei differ 2× in size
     scale_max: float = 1.6
     widths: str = "24,48,96,128"
@@ -71,6 +73,7 @@ class SegmentTrainConfig(TrainConfig):
         self.textures = tuple(Path(t) for t in self.textures)
         check_range(self.scale_min, 0.1, self.scale_max, "scale_min")
         check_range(self.scale_max, self.scale_min, 10.0, "scale_max")
+        check_range(self.vesicular_prob, 0.0, 1.0, "vesicular_prob")
 
     @property
     def arch_widths(self) -> list[int]:
@@ -127,8 +130,15 @@ def fade_foreground(rgb: np.ndarray, labels: np.ndarray, rng: np.random.Generato
     return (rgb + amount * (local - rgb)).astype(np.float32)
 
 
-def synthetic_scene(size: int, textures: list[np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Touching and overlapping textured blobs on a textured background: ``(rgb, labels)``."""
+def synthetic_scene(size: int, textures: list[np.ndarray], rng: np.random.Generator,
+                    vesicular: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Touching and overlapping textured blobs on a textured background: ``(rgb, labels)``.
+
+    With probability ``vesicular`` the scene has vesicular nuclei among its solid ones (a random
+    share of them): a pale interior close to the background colour, a dark rim (the nuclear
+    membrane), dark chromatin clumps and sometimes a nucleolus, so that the network learns to take
+    such a nucleus as one object, neither missing it nor splitting it at its clumps.
+    """
     def texture() -> np.ndarray:
         t = textures[rng.integers(len(textures))]
         y, x = rng.integers(0, t.shape[0] - size + 1), rng.integers(0, t.shape[1] - size + 1)
@@ -142,6 +152,9 @@ def synthetic_scene(size: int, textures: list[np.ndarray], rng: np.random.Genera
     yy, xx = np.mgrid[0:size, 0:size]
     n = int(rng.integers(6, 45))
     base_r = rng.uniform(4, 14)
+    # (no draw at all without vesicular nuclei: the scenes of the earlier recipe stay the same)
+    ves_share = rng.uniform(0.3, 1.0) if vesicular > 0 and rng.random() < vesicular else 0.0
+    clumps = cv2.GaussianBlur(rng.standard_normal((size, size)).astype(np.float32), (0, 0), 1.0) if ves_share else None
     for i in range(1, n + 1):
         r = base_r * rng.uniform(0.6, 1.5)
         a, b = r * rng.uniform(1.0, 1.8), r
@@ -155,7 +168,11 @@ def synthetic_scene(size: int, textures: list[np.ndarray], rng: np.random.Genera
         mask = u * u + v * v <= wobble ** 2
         labels[mask] = i  # later blobs cover earlier ones: overlaps and touching boundaries
         shade = rng.uniform(0.7, 1.15)
-        img[mask] = (nucleus * shade * (0.7 + 0.6 * t_fg[..., None]))[mask]
+        if clumps is not None and rng.random() < ves_share:
+            img[mask] = _vesicular(np.sqrt(u * u + v * v) / wobble, background, nucleus * shade, t_fg, clumps,
+                                   (yy - cy, xx - cx), r, rng)[mask]
+        else:
+            img[mask] = (nucleus * shade * (0.7 + 0.6 * t_fg[..., None]))[mask]
     # drop slivers left by occlusion, renumber
     ids, counts = np.unique(labels, return_counts=True)
     keep = np.zeros(labels.max() + 1, bool)
@@ -170,6 +187,24 @@ def synthetic_scene(size: int, textures: list[np.ndarray], rng: np.random.Genera
     return np.clip(img, 0, 1).astype(np.float32), labels
 
 
+def _vesicular(rho: np.ndarray, background: np.ndarray, dark: np.ndarray, t_fg: np.ndarray, clumps: np.ndarray,
+               offset: tuple[np.ndarray, np.ndarray], radius: float, rng: np.random.Generator) -> np.ndarray:
+    """The colour of a vesicular nucleus over the whole scene (the caller keeps its mask):
+    ``rho`` is the normalised radius (1 on the outline), ``dark`` the solid nuclear colour."""
+    pale = rng.uniform(0.15, 0.5)  # how far the interior is from the background towards ``dark``
+    out = (background * (1 - pale) + dark * pale) * (0.85 + 0.3 * t_fg[..., None])
+    rim = rho > 1 - rng.uniform(1.0, 2.5) / radius  # membrane 1–2.5 px thick
+    spots = clumps > rng.uniform(0.25, 0.45)  # chromatin clumps, ~1 px blobs
+    ink = dark * (0.8 + 0.4 * t_fg[..., None])
+    ink = out + rng.uniform(0.5, 1.0) * (ink - out)  # faint to sharp membrane and clumps
+    out = np.where((rim | spots)[..., None], ink, out)
+    if rng.random() < 0.6:  # a nucleolus off centre
+        dy, dx = offset
+        oy, ox = rng.uniform(-0.4, 0.4, 2) * radius
+        out = np.where(((dy - oy) ** 2 + (dx - ox) ** 2 <= rng.uniform(1.0, 2.2) ** 2)[..., None], dark * 0.8, out)
+    return out
+
+
 class SegmentTask:
     def __init__(self, cfg: SegmentTrainConfig) -> None:
         self.cfg = cfg
@@ -182,7 +217,8 @@ class SegmentTask:
                 raise InputError("no texture images for the synthetic scenes (give --textures DIR, "
                                  "or --synthetic-prob 0 to train on the labelled images alone)")
         rng = np.random.default_rng(777)
-        self.val_scenes = [synthetic_scene(VAL_SCENE, self.textures, rng) for _ in range(8)] if self.textures else []
+        self.val_scenes = [synthetic_scene(VAL_SCENE, self.textures, rng, cfg.vesicular_prob)
+                           for _ in range(8)] if self.textures else []
         self.model = DWTNet(widths=tuple(cfg.arch_widths))
 
     def _real_patch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -201,7 +237,7 @@ class SegmentTask:
         xs, ys = [], []
         for _ in range(size):
             if rng.random() < self.cfg.synthetic_prob:
-                img, lab = synthetic_scene(self.cfg.patch, self.textures, rng)
+                img, lab = synthetic_scene(self.cfg.patch, self.textures, rng, self.cfg.vesicular_prob)
             else:
                 img, lab = self._real_patch(rng)
             k = int(rng.integers(8))
