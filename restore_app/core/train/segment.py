@@ -169,8 +169,8 @@ def synthetic_scene(size: int, textures: list[np.ndarray], rng: np.random.Genera
         labels[mask] = i  # later blobs cover earlier ones: overlaps and touching boundaries
         shade = rng.uniform(0.7, 1.15)
         if clumps is not None and rng.random() < ves_share:
-            img[mask] = _vesicular(np.sqrt(u * u + v * v) / wobble, background, nucleus * shade, t_fg, clumps,
-                                   (yy - cy, xx - cx), r, rng)[mask]
+            img[mask] = _vesicular(np.sqrt(u[mask] ** 2 + v[mask] ** 2) / wobble[mask], background, nucleus * shade,
+                                   t_fg[mask], clumps[mask], (dy[mask], dx[mask]), r, rng)
         else:
             img[mask] = (nucleus * shade * (0.7 + 0.6 * t_fg[..., None]))[mask]
     # drop slivers left by occlusion, renumber
@@ -189,8 +189,9 @@ def synthetic_scene(size: int, textures: list[np.ndarray], rng: np.random.Genera
 
 def _vesicular(rho: np.ndarray, background: np.ndarray, dark: np.ndarray, t_fg: np.ndarray, clumps: np.ndarray,
                offset: tuple[np.ndarray, np.ndarray], radius: float, rng: np.random.Generator) -> np.ndarray:
-    """The colour of a vesicular nucleus over the whole scene (the caller keeps its mask):
-    ``rho`` is the normalised radius (1 on the outline), ``dark`` the solid nuclear colour."""
+    """The colours ``(N, 3)`` of a vesicular nucleus's ``N`` pixels, given per pixel: ``rho``, the
+    normalised radius (1 on the outline), the textures and the ``offset`` (dy, dx) from the centre;
+    ``dark`` is the solid nuclear colour."""
     pale = rng.uniform(0.15, 0.5)  # how far the interior is from the background towards ``dark``
     out = (background * (1 - pale) + dark * pale) * (0.85 + 0.3 * t_fg[..., None])
     rim = rho > 1 - rng.uniform(1.0, 2.5) / radius  # membrane 1–2.5 px thick
