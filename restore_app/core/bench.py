@@ -259,7 +259,8 @@ def bench_segment(models: Sequence[str], data: Path, engine: Engine | None = Non
 
     A trained model must ship its fold weights (``folds/<tile>.safetensors`` in its folder); a model
     without weights (the classical baseline) is scored on every tile as it is. The row's cell is the
-    mean over tiles of AP50, mAP (0.50:0.95) and F1 at 0.5.
+    mean over tiles of AP50, mAP (0.50:0.95) and F1 at 0.5. A model with a self-ensemble gets a
+    second row for its single pass, as in the other benches.
     """
     import shutil
     import tempfile
@@ -270,10 +271,15 @@ def bench_segment(models: Sequence[str], data: Path, engine: Engine | None = Non
     registry = registry or default_registry()
     engine = engine or Engine(EngineConfig())
     tiles = [image.name for image, _ in labelled_images(data)]
-    rows = []
+    variants = []
     for model_id in models:
+        variants.append((model_id, model_id, engine))
+        if engine.config.ensemble and registry.get(model_id).ensemble:
+            variants.append((f"{model_id} (single pass)", model_id, Engine(replace(engine.config, ensemble=False))))
+    rows = []
+    for label, model_id, run_engine in variants:
         manifest = registry.get(model_id)
-        row = BenchRow(model_id)
+        row = BenchRow(label)
         items, seconds, mp = [], 0.0, 0.0
         for tile in tiles:
             check_cancel(cancel)
@@ -290,7 +296,7 @@ def bench_segment(models: Sequence[str], data: Path, engine: Engine | None = Non
                 cut = fold_metadata(weights).get("cut_level")
                 if cut is not None:  # the fold's own choice, made without the held-out tile
                     loaded.module.cut_level = int(cut)
-            restorer = Restorer(loaded, engine)
+            restorer = Restorer(loaded, run_engine)
             with tempfile.TemporaryDirectory() as tmp:
                 for sub in ("images", "labels"):
                     (Path(tmp) / sub).mkdir()
@@ -300,7 +306,7 @@ def bench_segment(models: Sequence[str], data: Path, engine: Engine | None = Non
             seconds += report.seconds_per_mp * report.megapixels
             mp += report.megapixels
             row.parameters = sum(p.numel() for p in restorer.module.parameters())
-            log(f"{model_id:24s} {tile:14s} AP50 {report.mean['ap50']:.3f} mAP {report.mean['map']:.3f} "
+            log(f"{label:24s} {tile:14s} AP50 {report.mean['ap50']:.3f} mAP {report.mean['map']:.3f} "
                 f"F1 {report.mean['f1']:.3f}")
         if not row.note:
             row.cells["leave-one-out"] = {k: float(np.mean([it[k] for it in items])) for k in ("ap50", "map", "f1")}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +20,7 @@ import torch
 from restore_app.core.cfa import PATTERNS, channel_map, from_rggb, to_rggb
 from restore_app.core.checks import check_choice, check_image_array, check_range
 from restore_app.core.color import rgb_to_ycbcr, srgb_gamma, srgb_gamma_slope, srgb_linear, ycbcr_to_rgb
-from restore_app.core.engine import Engine
+from restore_app.core.engine import Engine, TensorFn
 from restore_app.core.errors import InputError, OutputError
 from restore_app.core.io import (
     MediaKind,
@@ -86,7 +86,7 @@ class Restorer:
 
             x_in = x.reshape(1, t * c, *x.shape[-2:])
         if self.engine.config.ensemble and "transpose" in m.ensemble:
-            fn = _with_transpose(fn)
+            fn = _with_transpose(fn, getattr(self.module, "transpose_maps", None))
         start = time.perf_counter()
         try:
             out = self.engine.run(fn, x_in, scale=m.scale, align=m.align, overlap=m.overlap,
@@ -248,14 +248,17 @@ class Restorer:
 CHAIN_ORDER = ("demosaic", "jpeg", "vsr", "segment")
 
 
-def _with_transpose(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``fn`` averaged with its result on the transposed input, transposed back (self-ensemble)."""
+def _with_transpose(fn: TensorFn, back: TensorFn | None = None) -> TensorFn:
+    """``fn`` averaged with its result on the transposed input, transposed back (self-ensemble).
+    ``back`` transposes an output back where plain transposition is not enough (a model whose
+    outputs are vectors, e.g. the DWT's directions, gives it as ``transpose_maps``)."""
 
     def both(z: torch.Tensor) -> torch.Tensor:
         plain = fn(z)
         layout = torch.channels_last if z.ndim == 4 and z.is_contiguous(memory_format=torch.channels_last) \
             else torch.contiguous_format  # keep the engine's layout (channels-last on the CPU)
-        swapped = fn(z.transpose(-2, -1).contiguous(memory_format=layout)).transpose(-2, -1)
+        out = fn(z.transpose(-2, -1).contiguous(memory_format=layout))
+        swapped = back(out) if back is not None else out.transpose(-2, -1)
         return (plain.float() + swapped.float()).mul_(0.5).to(plain.dtype)
 
     return both

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -55,6 +57,16 @@ def test_resolve_precision():
     assert resolve_precision("auto", torch.device("cuda"), ("fp32", "fp16")) == "fp16"
     with pytest.raises(InputError, match="precision must be one of"):
         resolve_precision("int8", cpu)
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="reads the CPU flags from Linux's /proc/cpuinfo")
+def test_fast_bf16_means_amx():
+    """bf16 is chosen on the CPU exactly where it has AMX (AVX-512 BF16 alone made it slower than fp32)."""
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags |= set(line.split(":", 1)[1].split())
+    assert cpu_has_fast_bf16() == ({"amx_bf16", "amx_tile"} <= flags and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def test_bf16_autocast_runs_convs_in_bf16():

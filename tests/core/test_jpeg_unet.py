@@ -89,3 +89,13 @@ def test_grey_specialist_trains_and_validates_on_grey(tmp_path, jpeg_task):
     with torch.no_grad():
         want = task.model(x.expand(1, 3, -1, -1)).mean(1, keepdim=True)
         assert torch.allclose(grey(x), want, atol=1e-5)
+    # and the shipped one-channel weights can be trained further: ``--init`` expands them back to
+    # three channels without changing the output on grey input
+    from safetensors.torch import load_file
+
+    again = JpegTask(cfg)
+    again.model.load_state_dict(again.init_state(load_file(str(folder / "weights.safetensors"))))
+    with torch.no_grad():
+        assert torch.allclose(again.model(x.expand(1, 3, -1, -1)), grey(x).expand(1, 3, -1, -1), atol=1e-5)
+    colour = task.model.state_dict()
+    assert again.init_state(colour) is colour  # three-channel weights are used as they are

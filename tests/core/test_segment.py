@@ -180,9 +180,10 @@ def test_vesicular_scenes_have_pale_interiors_with_dark_rims(coffee):
     from restore_app.core.train.segment import synthetic_scene
 
     textures = [to_float(coffee).astype(np.float32)]
-    plain = synthetic_scene(128, textures, np.random.default_rng(5))
-    again = synthetic_scene(128, textures, np.random.default_rng(5), vesicular=0.0)
-    assert all(np.array_equal(a, b) for a, b in zip(plain, again, strict=True))  # the earlier recipe unchanged
+    plain = synthetic_scene(128, textures, np.random.default_rng(5))  # the default: the earlier recipe
+    assert all(np.array_equal(a, b) for a, b in
+               zip(plain, synthetic_scene(128, textures, np.random.default_rng(5)), strict=True))  # seeded
+    assert not np.array_equal(plain[0], synthetic_scene(128, textures, np.random.default_rng(5), vesicular=1.0)[0])
 
     def rim_minus_interior(img, labels):
         """Mean darkness of the objects' outer pixel ring minus that of their interiors."""
@@ -197,3 +198,22 @@ def test_vesicular_scenes_have_pale_interiors_with_dark_rims(coffee):
     img, labels = synthetic_scene(128, textures, np.random.default_rng(0), 1.0)
     assert img.shape == (128, 128, 3) and img.dtype == np.float32 and 0 <= img.min() and img.max() <= 1
     assert labels.max() >= 1 and set(np.unique(labels)) == set(range(labels.max() + 1))
+
+
+def test_transposed_maps_come_back_with_their_directions_swapped():
+    """The self-ensemble's inverse transform: the training targets of a transposed label map, mapped
+    back by ``transpose_maps``, are the targets of the label map itself (directions included, which
+    plain transposition would get wrong)."""
+    labels = np.zeros((40, 56), np.int64)
+    yy, xx = np.mgrid[:40, :56]
+    labels[((yy - 18) / 12) ** 2 + ((xx - 20) / 7) ** 2 < 1] = 1  # an upright ellipse
+    labels[((yy - 22) / 6) ** 2 + ((xx - 41) / 11) ** 2 < 1] = 2  # a lying one
+
+    def as_maps(lab):
+        t = dwt_targets(lab)
+        maps = np.concatenate([t["fg"][None], t["direction"], t["energy"][None]]).astype(np.float32)
+        return torch.from_numpy(maps)[None]
+
+    straight, transposed = as_maps(labels), as_maps(np.ascontiguousarray(labels.T))
+    assert torch.allclose(DWTNet.transpose_maps(transposed), straight, atol=1e-5)
+    assert not torch.allclose(transposed.transpose(-2, -1), straight, atol=1e-2)  # the swap matters

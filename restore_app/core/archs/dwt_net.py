@@ -73,6 +73,13 @@ class DWTNet(nn.Module):
         energy = self.energy(torch.cat([d0, direction], dim=1))
         return torch.cat([self.fg(d0), direction, energy], dim=1)[..., :h, :w]
 
+    @staticmethod
+    def transpose_maps(maps: torch.Tensor) -> torch.Tensor:
+        """Maps predicted on a transposed image, transposed back: the direction's two components
+        trade places too (the self-ensemble's inverse transform)."""
+        maps = maps.transpose(-2, -1)
+        return torch.cat([maps[:, :1], maps[:, 2:3], maps[:, 1:2], maps[:, 3:]], dim=1)
+
     def postprocess(self, maps: torch.Tensor) -> torch.Tensor:
         """``(B, 19, H, W)`` maps → ``(B, 1, H, W)`` int64 instance labels (0 = background)."""
         from restore_app.core.segment import instances_from_maps

@@ -86,3 +86,18 @@ def grey_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out["tail.weight"] = tail_w.reshape(3, 4, *tail_w.shape[1:]).mean(0)
     out["tail.bias"] = tail_b.reshape(3, 4).mean(0)
     return out
+
+
+def colour_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights of a one-channel :class:`JpegUNet` as a three-channel network (inverse of :func:`grey_state`).
+
+    The head's one slice is split in three equal parts and the tail's output is repeated for R, G and
+    B, so on grey input (R = G = B) the colour network gives the grey network's output in every channel
+    and ``grey_state(colour_state(s))`` is ``s``. A grey specialist's shipped weights can so be trained
+    further by ``restore train jpeg --grey-prob 1 --init <model>/weights.safetensors``.
+    """
+    out = dict(state)
+    out["head.weight"] = (state["head.weight"] / 3).repeat(1, 3, 1, 1)
+    out["tail.weight"] = state["tail.weight"].repeat(3, 1, 1, 1)
+    out["tail.bias"] = state["tail.bias"].repeat(3)
+    return out

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from restore_app.core.archs.jpeg_unet import JpegUNet, grey_state
+from restore_app.core.archs.jpeg_unet import JpegUNet, colour_state, grey_state
 from restore_app.core.color import rgb_to_y
 from restore_app.core.degrade import jpeg_compress
 from restore_app.core.engine import Engine, EngineConfig
@@ -133,6 +133,11 @@ class JpegTask:
         grey = JpegUNet(widths=model.widths, blocks=model.blocks, channels=1).to(next(model.parameters()).device)
         grey.load_state_dict(grey_state(model.state_dict()))
         return grey.eval()
+
+    def init_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``--init`` weights for the three-channel training network; a one-channel (shipped grey) model's
+        are expanded by :func:`colour_state`, which leaves its output on grey input unchanged."""
+        return colour_state(state) if state["head.weight"].shape[1] == 4 else state
 
     def export(self, run: Path, dest: Path) -> Path:
         """Write the run's best weights as the model folder ``dest``, as shipped."""

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from restore_app.core.checks import check_choice, check_range
-from restore_app.core.engine import select_device
+from restore_app.core.engine import cpu_has_fast_bf16, select_device
 from restore_app.core.errors import InputError
 from restore_app.core.io.atomic import atomic_output
 from restore_app.core.jobs import CancelToken, check_cancel
@@ -99,14 +99,15 @@ class TrainResult:
 
 
 def train_precision(requested: str, device: torch.device) -> str:
-    """bf16 autocast on the CPU (fast where AMX/AVX-512 BF16 exist), bf16 or fp16 AMP on a GPU."""
+    """bf16 autocast on a CPU with AMX (elsewhere bf16 is slower there than fp32: see
+    :func:`~restore_app.core.engine.cpu_has_fast_bf16`), bf16 or fp16 AMP on a GPU."""
     if requested != "auto":
         if requested == "fp16" and device.type == "cpu":
             raise InputError("fp16 training is not supported on the CPU; use bf16 or fp32")
         return requested
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if device.type == "cpu" else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -157,7 +158,9 @@ def train(task: Task, cfg: TrainConfig, *, log: Callable[[str], None] = print,
         rng.bit_generator.state = json.loads(rng_path.read_text())
         log(f"resumed {out} at step {step} (best score {best:.4f} at {best_step})")
     elif cfg.init is not None:
-        model.load_state_dict(load_file(str(cfg.init), device=str(device)))
+        state = load_file(str(cfg.init), device=str(device))
+        adapt = getattr(task, "init_state", None)  # a task may map other shapes (e.g. a shipped grey model)
+        model.load_state_dict(adapt(state) if adapt else state)
         log(f"initialised from {cfg.init}")
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
