@@ -180,7 +180,9 @@ class Restorer:
         out = self._forward(t, progress, cancel)
         if m.output == "labels":
             postprocess = getattr(self.module, "postprocess", None)  # maps → instances, after stitching
+            start = time.perf_counter()
             labels = postprocess(out) if postprocess is not None else out[:, :1]
+            self.seconds += time.perf_counter() - start  # part of the model's time, as for the classical ones
             return labels[:, 0].round().to(torch.int64).numpy()
         res = out.permute(0, 2, 3, 1).numpy()
         if chroma is not None:

@@ -208,3 +208,27 @@ def test_simulate_degradations(coffee):
         parse_degradation("blur:3")
     with pytest.raises(InputError, match="quality"):
         parse_degradation("jpeg:0")
+
+
+def test_a_segmenters_time_includes_its_post_processing():
+    """Throughput figures count the maps → instances step, as they count a classical pipeline's."""
+    import time
+
+    import torch
+
+    from restore_app.core.registry import LoadedModel
+
+    class SlowPost(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, :1]
+
+        def postprocess(self, maps: torch.Tensor) -> torch.Tensor:
+            time.sleep(0.3)
+            return (maps > 0.5).to(torch.int64)
+
+    manifest = parse_manifest({"id": "slow-post", "task": "segment", "name": "S", "architecture": "identity",
+                               "input": "rgb", "output": "labels", "license": "MIT", "training_data": "none"})
+    restorer = Restorer(LoadedModel(manifest, SlowPost()), Engine(EngineConfig(device="cpu", precision="fp32")))
+    labels = restorer.restore_image(np.full((16, 16, 3), 0.75, np.float32))
+    assert labels.dtype == np.int64 and (labels == 1).all()
+    assert restorer.seconds >= 0.3
