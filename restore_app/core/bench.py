@@ -300,7 +300,7 @@ def bench_segment(models: Sequence[str], data: Path, engine: Engine | None = Non
             restorer = Restorer(loaded, run_engine)
             # an untimed first pass: the first call at an image size builds the kernels for it, which
             # on these quarter-megapixel tiles costs about as much as the inference itself
-            restorer.restore_image(to_float(to_rgb(read_image(data / "images" / tile))))
+            restorer.restore_image(to_float(to_rgb(read_image(data / "images" / tile))), cancel=cancel)
             with tempfile.TemporaryDirectory() as tmp:
                 for sub in ("images", "labels"):
                     (Path(tmp) / sub).mkdir()

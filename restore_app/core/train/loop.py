@@ -99,7 +99,7 @@ class TrainResult:
 
 
 def train_precision(requested: str, device: torch.device) -> str:
-    """bf16 autocast on a CPU with AMX (elsewhere bf16 is slower there than fp32: see
+    """bf16 autocast on a CPU with AMX (fp32 on other CPUs, where bf16 is slower: see
     :func:`~restore_app.core.engine.cpu_has_fast_bf16`), bf16 or fp16 AMP on a GPU."""
     if requested != "auto":
         if requested == "fp16" and device.type == "cpu":
