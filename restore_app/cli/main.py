@@ -22,9 +22,13 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tile", type=int, default=512, help="tile size in pixels; 0 = whole image at once")
     g.add_argument("--overlap", type=int, default=None, help="tile context in pixels (default: the model's)")
     g.add_argument("--batch", type=int, default=4, help="video frames per forward pass")
-    g.add_argument("--ensemble", action=argparse.BooleanOptionalAction, default=True,
-                   help="average over the test-time transforms a model names (its self-ensemble; "
-                        "--no-ensemble: one pass, faster)")
+    # the choices are engine.ENSEMBLE_MODES, written out so that --help does not import torch
+    g.add_argument("--ensemble", default="on", choices=("off", "on", "full"),
+                   help="self-ensemble: average over test-time flips/transposes a model names; on: its "
+                        "default set (about 2× the time), full: its larger set (best quality, 4–8×), off: "
+                        "one pass")
+    g.add_argument("--no-ensemble", dest="ensemble", action="store_const", const="off",
+                   help="one pass, fastest (the same as --ensemble off)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -158,15 +158,22 @@ def run_bench(task: str, methods: Sequence[tuple[str, Callable[[], Restorer]]], 
 
 
 def _registered(models: Sequence[str], engine: Engine, registry: Registry) -> list[tuple[str, Callable[[], Restorer]]]:
-    """A bench row per model; a model with a self-ensemble gets a second row for its single pass,
-    so both costs and both results are in the same run."""
-    rows: list[tuple[str, Callable[[], Restorer]]] = []
-    for m in models:
-        rows.append((m, lambda m=m: Restorer(registry.load(m), engine)))
-        if engine.config.ensemble and registry.get(m).ensemble:
-            single = Engine(replace(engine.config, ensemble=False))
-            rows.append((f"{m} (single pass)", lambda m=m, e=single: Restorer(registry.load(m), e)))
-    return rows
+    """A bench row per model and ensemble mode (:func:`_ensemble_variants`)."""
+    return [(label, lambda m=m, e=e: Restorer(registry.load(m), e))
+            for m in models for label, e in _ensemble_variants(m, engine, registry)]
+
+
+def _ensemble_variants(model_id: str, engine: Engine, registry: Registry) -> list[tuple[str, Engine]]:
+    """The engine's ensemble mode for ``model_id`` and, for a model with a self-ensemble, each
+    cheaper mode down to its single pass, so costs and results are compared in the same run."""
+    manifest, mode = registry.get(model_id), engine.config.ensemble
+    suffix = {"on": "", "off": " (single pass)", "full": " (full ensemble)"}[mode] if manifest.ensemble else ""
+    out = [(model_id + suffix, engine)]
+    if mode == "full" and manifest.ensemble_for("full") != manifest.ensemble_for("on"):
+        out.append((f"{model_id} (default ensemble)", Engine(replace(engine.config, ensemble="on"))))
+    if manifest.ensemble_for(mode):
+        out.append((f"{model_id} (single pass)", Engine(replace(engine.config, ensemble="off"))))
+    return out
 
 
 def bench_demosaic(models: Sequence[str], data: dict[str, Path], sigmas: Sequence[float] = (0, 10, 20),
@@ -274,9 +281,7 @@ def bench_segment(models: Sequence[str], data: Path, engine: Engine | None = Non
     tiles = [image.name for image, _ in labelled_images(data)]
     variants = []
     for model_id in models:
-        variants.append((model_id, model_id, engine))
-        if engine.config.ensemble and registry.get(model_id).ensemble:
-            variants.append((f"{model_id} (single pass)", model_id, Engine(replace(engine.config, ensemble=False))))
+        variants += [(label, model_id, e) for label, e in _ensemble_variants(model_id, engine, registry)]
     rows = []
     for label, model_id, run_engine in variants:
         manifest = registry.get(model_id)

@@ -26,6 +26,8 @@ from restore_app.core.jobs import CancelToken, ProgressCallback, check_cancel
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# self-ensemble: one pass; the model's default transforms (about 2× the time); its full set (4–8×)
+ENSEMBLE_MODES = ("off", "on", "full")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 TensorFn = Callable[[torch.Tensor], torch.Tensor]
@@ -204,7 +206,9 @@ class EngineConfig:
     """User settings of the engine: ``device``, ``precision``, ``tile`` (0 = whole image) and
     ``overlap`` (``None`` = the model's own), ``batch`` frames per forward pass for video,
     ``clip_length`` frames per chunk for recurrent video models, and ``ensemble``: average over the
-    test-time transforms a model's manifest names (more quality for proportionally more time)."""
+    test-time transforms a model's manifest names (more quality for proportionally more time):
+    ``"off"`` (one pass), ``"on"`` (the model's default set) or ``"full"`` (its larger set);
+    ``True``/``False`` mean ``"on"``/``"off"``."""
 
     device: str = "auto"
     precision: str = "auto"
@@ -212,7 +216,7 @@ class EngineConfig:
     overlap: int | None = None
     batch: int = 4
     clip_length: int = 32
-    ensemble: bool = True
+    ensemble: str = "on"
 
     def __post_init__(self) -> None:
         check_choice(self.device.split(":")[0].lower(), DEVICES, "device")
@@ -224,6 +228,9 @@ class EngineConfig:
             check_range(self.overlap, 0, None, "overlap")
         check_range(self.batch, 1, 256, "batch")
         check_range(self.clip_length, 1, 4096, "clip_length")
+        if isinstance(self.ensemble, bool):
+            object.__setattr__(self, "ensemble", "on" if self.ensemble else "off")
+        check_choice(self.ensemble, ENSEMBLE_MODES, "ensemble")
 
 
 class Engine:

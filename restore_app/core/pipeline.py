@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from restore_app.core.cfa import PATTERNS, channel_map, from_rggb, to_rggb
 from restore_app.core.checks import check_choice, check_image_array, check_range
@@ -85,8 +86,10 @@ class Restorer:
                 return out.reshape(n, t * out.shape[2], out.shape[3], out.shape[4])
 
             x_in = x.reshape(1, t * c, *x.shape[-2:])
-        if self.engine.config.ensemble and "transpose" in m.ensemble:
-            fn = _with_transpose(fn, getattr(self.module, "transpose_maps", None))
+        names = m.ensemble_for(self.engine.config.ensemble)
+        if names:
+            fn = _with_ensemble(fn, ensemble_transforms(names), align=m.align, scale=m.scale, maps=self.module,
+                                cfa=m.input == "cfa")
         start = time.perf_counter()
         try:
             out = self.engine.run(fn, x_in, scale=m.scale, align=m.align, overlap=m.overlap,
@@ -250,20 +253,69 @@ class Restorer:
 CHAIN_ORDER = ("demosaic", "jpeg", "vsr", "segment")
 
 
-def _with_transpose(fn: TensorFn, back: TensorFn | None = None) -> TensorFn:
-    """``fn`` averaged with its result on the transposed input, transposed back (self-ensemble).
-    ``back`` transposes an output back where plain transposition is not enough (a model whose
-    outputs are vectors, e.g. the DWT's directions, gives it as ``transpose_maps``)."""
+Transform = tuple[bool, bool, bool]  # (transpose, flip left-right, flip up-down), flips first
 
-    def both(z: torch.Tensor) -> torch.Tensor:
-        plain = fn(z)
+# the symmetries of the square by name (rotations counter-clockwise, as torch.rot90)
+TRANSFORMS: dict[str, Transform] = {
+    "identity": (False, False, False), "fliplr": (False, True, False), "flipud": (False, False, True),
+    "rot180": (False, True, True), "transpose": (True, False, False), "rot90": (True, True, False),
+    "rot270": (True, False, True), "antitranspose": (True, True, True),
+}
+
+
+def ensemble_transforms(names: Sequence[str]) -> list[Transform]:
+    """The identity followed by the named transforms (``ModelManifest.ensemble``).
+
+    >>> ensemble_transforms(["rot180"])
+    [(False, False, False), (False, True, True)]
+    """
+    return [TRANSFORMS["identity"]] + [TRANSFORMS[n] for n in names if n != "identity"]
+
+
+def _with_ensemble(fn: TensorFn, transforms: Sequence[Transform], *, align: int = 1, scale: int = 1,
+                   maps: object = None, cfa: bool = False) -> TensorFn:
+    """``fn`` averaged over ``transforms`` of its input, each result mapped back (self-ensemble).
+
+    A flip would move a grid the input carries (the 8×8 JPEG blocks; the tile starts on it), so
+    with flips the input is first padded at the bottom and right, by edge replication, to a
+    multiple of ``align``, and the result is cropped. On a ``cfa`` input (an RGGB mosaic of even
+    size, with any per-pixel maps as further channels) a flip turns RGGB into another Bayer phase,
+    so the flipped mosaic is reflect-padded by one sample on both sides of each flipped axis, which
+    makes it RGGB again. A model whose outputs are vectors (the DWT's directions) maps them back
+    itself: ``maps.transpose_maps(out)`` and ``maps.flip_maps(out, dims)`` where it has them, plain
+    transposition and flipping otherwise.
+    """
+    transpose_back = getattr(maps, "transpose_maps", None) or (lambda o: o.transpose(-2, -1))
+    flip_back = getattr(maps, "flip_maps", None) or (lambda o, dims: o.flip(dims))
+    flips = any(fh or fv for _, fh, fv in transforms)
+
+    def run(z: torch.Tensor) -> torch.Tensor:
+        h, w = z.shape[-2:]
+        if cfa and (h % 2 or w % 2):
+            raise InputError(f"a mosaic for the self-ensemble must have even sides; got {h}×{w}")
+        ph, pw = ((-h) % align, (-w) % align) if flips and not cfa else (0, 0)
+        if ph or pw:
+            z = F.pad(z, (0, pw, 0, ph), mode="replicate")
         layout = torch.channels_last if z.ndim == 4 and z.is_contiguous(memory_format=torch.channels_last) \
             else torch.contiguous_format  # keep the engine's layout (channels-last on the CPU)
-        out = fn(z.transpose(-2, -1).contiguous(memory_format=layout))
-        swapped = back(out) if back is not None else out.transpose(-2, -1)
-        return (plain.float() + swapped.float()).mul_(0.5).to(plain.dtype)
+        total = None
+        for t, fh, fv in transforms:
+            dims = [d for d, on in ((-1, fh), (-2, fv)) if on]
+            zt = z.flip(dims) if dims else z
+            if cfa and dims:  # back to RGGB: one sample more on each side of each flipped axis
+                zt = F.pad(zt, (int(fh), int(fh), int(fv), int(fv)), mode="reflect")
+            zt = zt.transpose(-2, -1) if t else zt
+            out = fn(zt.contiguous(memory_format=layout) if (t or dims) else zt)
+            out = transpose_back(out) if t else out
+            if cfa and dims:
+                out = out[..., int(fv) * scale:out.shape[-2] - int(fv) * scale,
+                          int(fh) * scale:out.shape[-1] - int(fh) * scale]
+            out = flip_back(out, dims) if dims else out
+            total = out.float() if total is None else total.add_(out.float())
+        total = total.mul_(1.0 / len(transforms)).to(out.dtype)
+        return total[..., :h * scale, :w * scale] if (ph or pw) else total
 
-    return both
+    return run
 
 
 def check_chain(manifests: Sequence[ModelManifest]) -> None:

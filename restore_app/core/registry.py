@@ -39,7 +39,8 @@ TASKS = ("demosaic", "jpeg", "vsr", "segment")
 INPUT_KINDS = ("cfa", "rgb", "clip")
 OUTPUT_KINDS = ("image", "labels")
 PRECISIONS = ("fp32", "bf16", "fp16")
-ENSEMBLE_TRANSFORMS = ("transpose",)
+# test-time transforms a self-ensemble may use: the 7 symmetries of the square besides the identity
+ENSEMBLE_TRANSFORMS = ("transpose", "rot180", "fliplr", "flipud", "rot90", "rot270", "antitranspose")
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
@@ -52,8 +53,11 @@ class ModelManifest:
     ``"labels"``. ``overlap`` is the tile context in input pixels, ``align`` the tile alignment
     (2 for mosaics). ``conditioning`` names extra inputs such as ``"sigma"`` (noise level).
     ``ensemble`` names test-time transforms whose results are averaged with the plain pass (a
-    self-ensemble; the engine's ``ensemble`` setting turns it off): ``"transpose"`` swaps x and y,
-    which keeps an RGGB mosaic RGGB and the 8×8 JPEG grid on the grid.
+    self-ensemble; the engine's ``ensemble`` setting turns it off): each is one of the symmetries
+    of the square (``ENSEMBLE_TRANSFORMS``): ``"transpose"`` swaps x and y, which keeps an RGGB
+    mosaic RGGB; the others change the Bayer phase, so they suit images only (the 8×8 JPEG grid is
+    kept on the grid by padding). ``ensemble`` is the default set (the engine's ``"on"``), and
+    ``ensemble_full`` the larger, slower set of its ``"full"`` mode (default: the same).
     """
 
     id: str
@@ -73,6 +77,7 @@ class ModelManifest:
     precisions: tuple[str, ...] = ("fp32",)
     conditioning: tuple[str, ...] = ()
     ensemble: tuple[str, ...] = ()
+    ensemble_full: tuple[str, ...] = ()
     clip_context: int = 6  # clip models: frames of context on each side of a chunk
     params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     weights: str | None = None
@@ -88,6 +93,13 @@ class ModelManifest:
         if self.weights is None:
             return None
         return (self.root or Path(".")) / self.weights
+
+    def ensemble_for(self, mode: str) -> tuple[str, ...]:
+        """The transforms (besides the identity) the engine's ensemble ``mode`` averages for this model:
+        none for ``"off"``, ``ensemble`` for ``"on"``, ``ensemble_full`` (or ``ensemble``) for ``"full"``."""
+        if mode == "off":
+            return ()
+        return (self.ensemble_full or self.ensemble) if mode == "full" else self.ensemble
 
     @property
     def card_path(self) -> Path | None:
@@ -132,14 +144,14 @@ def parse_manifest(data: Mapping[str, Any], root: Path | None = None,
     expect("task", d["task"] in TASKS, f"one of {', '.join(TASKS)}")
     expect("input", d["input"] in INPUT_KINDS, f"one of {', '.join(INPUT_KINDS)}")
     expect("output", d.get("output", "image") in OUTPUT_KINDS, f"one of {', '.join(OUTPUT_KINDS)}")
-    for key in ("channels", "precisions", "conditioning", "value_range", "ensemble"):
+    for key in ("channels", "precisions", "conditioning", "value_range", "ensemble", "ensemble_full"):
         if key in d:
             expect(key, isinstance(d[key], list), "a list")
             d[key] = tuple(d[key])
     expect("precisions", set(d.get("precisions", ("fp32",))) <= set(PRECISIONS),
            f"a list of {', '.join(PRECISIONS)}")
-    expect("ensemble", set(d.get("ensemble", ())) <= set(ENSEMBLE_TRANSFORMS),
-           f"a list of {', '.join(ENSEMBLE_TRANSFORMS)}")
+    for key in ("ensemble", "ensemble_full"):
+        expect(key, set(d.get(key, ())) <= set(ENSEMBLE_TRANSFORMS), f"a list of {', '.join(ENSEMBLE_TRANSFORMS)}")
     expect("channels", all(c in (1, 3) for c in d.get("channels", (3,))), "a list of 1 and/or 3")
     for key in ("scale", "overlap", "align", "clip_context"):
         if key in d:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from PySide6.QtWidgets import QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFormLayout, QSpinBox, QWidget
+from PySide6.QtWidgets import QComboBox, QDialog, QDialogButtonBox, QFormLayout, QSpinBox, QWidget
 
 from restore_app.gui.settings import THEMES, Settings
+
+ENSEMBLE_LABELS = {  # engine.ENSEMBLE_MODES, as the settings dialog names them
+    "off": "Fast (one pass)",
+    "on": "Balanced (self-ensemble, about 2× the time)",
+    "full": "Best (full self-ensemble, 4–8× the time)",
+}
 
 
 class SettingsDialog(QDialog):
@@ -22,8 +28,12 @@ class SettingsDialog(QDialog):
         self.tile.setSingleStep(64)
         self.tile.setSpecialValueText("whole image")
         self.tile.setValue(settings.tile)
-        self.ensemble = QCheckBox("Best quality (self-ensemble: about 2× the time for models that offer it)")
-        self.ensemble.setChecked(settings.ensemble)
+        self.ensemble = QComboBox()  # the self-ensemble mode, for models that offer one
+        for mode, label in ENSEMBLE_LABELS.items():
+            self.ensemble.addItem(label, mode)
+        self.ensemble.setCurrentIndex(self.ensemble.findData(settings.ensemble))
+        self.ensemble.setToolTip("Averages the model's results over flipped and transposed copies of the "
+                                 "image: better results for proportionally more time")
         self.theme = QComboBox()
         self.theme.addItems(list(THEMES))
         self.theme.setCurrentText(settings.theme)
@@ -43,7 +53,7 @@ class SettingsDialog(QDialog):
         s = Settings(**{**self._base.__dict__})
         s.device, s.precision = self.device.currentText(), self.precision.currentText()
         s.tile, s.theme = self.tile.value(), self.theme.currentText()
-        s.ensemble = self.ensemble.isChecked()
+        s.ensemble = self.ensemble.currentData()
         if s.tile and s.tile < 32:
             s.tile = 32
         return s.validate()

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from restore_app.core.checks import check_choice, check_range
+from restore_app.core.engine import ENSEMBLE_MODES
 from restore_app.core.errors import InputError
 from restore_app.core.io.atomic import atomic_output
 from restore_app.core.paths import user_config_dir
@@ -20,7 +21,7 @@ class Settings:
     device: str = "auto"
     precision: str = "auto"
     tile: int = 512
-    ensemble: bool = True  # average a model's test-time transforms (best quality; off: faster)
+    ensemble: str = "on"  # self-ensemble: "off" (one pass), "on" (model's default), "full" (best, slowest)
     theme: str = "system"
     recent: list[str] = field(default_factory=list)
     last_folder: str = ""
@@ -29,8 +30,9 @@ class Settings:
         check_choice(self.device, ("auto", "cpu", "cuda", "mps"), "device")
         check_choice(self.precision, ("auto", "fp32", "bf16", "fp16"), "precision")
         check_range(self.tile, 0, 8192, "tile")
-        if not isinstance(self.ensemble, bool):
-            raise InputError(f"ensemble must be true or false; got {self.ensemble!r}")
+        if isinstance(self.ensemble, bool):  # settings files before the three modes held true/false
+            self.ensemble = "on" if self.ensemble else "off"
+        check_choice(self.ensemble, ENSEMBLE_MODES, "ensemble")
         check_choice(self.theme, THEMES, "theme")
         return self
 

@@ -114,6 +114,28 @@ def test_user_errors_are_one_line(tmp_path, coffee, args, message):
     assert not (tmp_path / "out.png").exists()
 
 
+def test_ensemble_modes_from_the_command_line(tmp_path, coffee):
+    """``--ensemble off|on|full`` and ``--no-ensemble`` reach the engine: the JPEG model's three
+    modes give three different results, ``--no-ensemble`` the same as ``off``, and each mode
+    restores better than the one before on this image."""
+    from restore_app.core.degrade import jpeg_compress
+    from restore_app.core.metrics import psnr
+
+    clean = coffee[:120, :150]
+    write_image(tmp_path / "in.png", jpeg_compress(clean, 15))
+    outs = {}
+    for name, flags in {"off": ["--ensemble", "off"], "on": [], "full": ["--ensemble", "full"],
+                        "no": ["--no-ensemble"]}.items():
+        restore("run", "in.png", "-o", f"{name}.png", "--model", "restore-jpeg", *flags, cwd=tmp_path)
+        outs[name] = read_image(tmp_path / f"{name}.png")
+    assert np.array_equal(outs["no"], outs["off"])
+    scores = [psnr(clean, outs[m], 255.0) for m in ("off", "on", "full")]
+    assert scores[0] < scores[1] < scores[2], scores
+    bad = restore("run", "in.png", "-o", "x.png", "--model", "restore-jpeg", "--ensemble", "best",
+                  cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
 def test_model_required_except_for_raw(tmp_path, coffee):
     write_image(tmp_path / "in.png", coffee)
     result = restore("run", "in.png", "-o", "out.png", cwd=tmp_path, check=False)

@@ -93,7 +93,8 @@ def test_self_ensemble_averages_the_transposed_pass(coffee):
         model = LoadedModel(manifest, conv)
         return Restorer(model, Engine(EngineConfig(device="cpu", precision="fp32", **engine))).restore_image(x)
 
-    assert np.abs(run(ensemble=False, tile=0) - np.clip(horizontal, 0, 1)).max() < 1e-5
+    assert np.abs(run(ensemble="off", tile=0) - np.clip(horizontal, 0, 1)).max() < 1e-5
+    assert np.abs(run(ensemble=False, tile=0) - np.clip(horizontal, 0, 1)).max() < 1e-5  # False means "off"
     both = np.clip((horizontal + vertical) / 2, 0, 1)
     assert np.abs(run(tile=0) - both).max() < 1e-5
     assert np.abs(run(tile=48) - both).max() < 1e-5
@@ -232,3 +233,79 @@ def test_a_segmenters_time_includes_its_post_processing():
     labels = restorer.restore_image(np.full((16, 16, 3), 0.75, np.float32))
     assert labels.dtype == np.int64 and (labels == 1).all()
     assert restorer.seconds >= 0.3
+
+
+@pytest.mark.parametrize("name", ["fliplr", "flipud", "rot180", "rot90", "rot270", "antitranspose"])
+def test_ensemble_transforms_are_mapped_back(name):
+    """Each named transform, applied to the input and undone on the output, gives an equivariant
+    model's own result: averaging a position-independent filter that is symmetric under it changes
+    nothing, and an identity model comes back exactly, for sizes off the grid too."""
+    import torch
+
+    from restore_app.core.pipeline import _with_ensemble, ensemble_transforms
+
+    x = torch.rand(1, 3, 37, 50)
+    same = _with_ensemble(lambda z: z * 2, ensemble_transforms([name]), align=8)(x)
+    assert torch.allclose(same, x * 2, atol=1e-6)
+    blur = torch.nn.Conv2d(3, 3, 3, padding=1, padding_mode="replicate", bias=False, groups=3)
+    with torch.no_grad():
+        blur.weight.copy_(torch.tensor([[1.0, 2, 1], [2, 4, 2], [1, 2, 1]]).div(16).expand(3, 1, 3, 3))
+        assert torch.allclose(_with_ensemble(blur, ensemble_transforms([name]))(x), blur(x), atol=1e-5)
+
+
+def test_flip_ensemble_keeps_the_block_grid():
+    """A flip would move the 8×8 JPEG grid of an image whose size is not a multiple of 8; the
+    ensemble pads to the manifest's ``align`` first (edge replication), so a model that works block
+    by block (here: each 8×8 block's mean) sees the same blocks in the mirrored passes."""
+    import torch
+    import torch.nn.functional as F
+
+    from restore_app.core.pipeline import _with_ensemble, ensemble_transforms
+
+    def block_means(z: torch.Tensor) -> torch.Tensor:
+        h, w = z.shape[-2:]
+        means = F.avg_pool2d(z, 8, ceil_mode=True)
+        return means.repeat_interleave(8, dim=-2).repeat_interleave(8, dim=-1)[..., :h, :w]
+
+    x = torch.rand(1, 1, 21, 29)
+    padded = block_means(F.pad(x, (0, 3, 0, 3), mode="replicate"))[..., :21, :29]
+    flips = ensemble_transforms(["fliplr", "flipud", "rot180"])
+    on_grid = _with_ensemble(block_means, flips, align=8)(x)
+    assert on_grid.shape == x.shape and torch.allclose(on_grid, padded, atol=1e-6)
+    off_grid = _with_ensemble(block_means, flips, align=1)(x)
+    assert (off_grid - padded).abs().max() > 0.05  # without the padding the mirrored blocks differ
+
+
+def test_ensemble_modes_choose_the_manifest_sets():
+    """``off`` runs one pass, ``on`` the manifest's ``ensemble``, ``full`` its ``ensemble_full``
+    (the same as ``on`` when a manifest has none); the engine takes the old true/false too."""
+    base = {"id": "m", "task": "jpeg", "name": "M", "architecture": "identity", "input": "rgb",
+            "license": "MIT", "training_data": "none", "ensemble": ["rot180"]}
+    m = parse_manifest({**base, "ensemble_full": ["fliplr", "flipud", "rot180"]})
+    assert [m.ensemble_for(k) for k in ("off", "on", "full")] == [(), ("rot180",), ("fliplr", "flipud", "rot180")]
+    assert parse_manifest(base).ensemble_for("full") == ("rot180",)
+    assert EngineConfig(ensemble=True).ensemble == "on" and EngineConfig(ensemble=False).ensemble == "off"
+    with pytest.raises(InputError, match="ensemble"):
+        EngineConfig(ensemble="best")
+
+
+def test_mosaic_ensemble_keeps_the_bayer_phase(coffee):
+    """Flips turn an RGGB mosaic into another Bayer phase; the ensemble re-pads the flipped mosaic
+    to RGGB, so bilinear demosaicing (symmetric under every transform) comes back unchanged inside
+    a two-pixel border, while skipping the re-padding would demosaic with the wrong colours."""
+    import torch
+
+    from restore_app.core.degrade import mosaic
+    from restore_app.core.pipeline import _with_ensemble, ensemble_transforms
+
+    bilinear = default_registry().load("bilinear-demosaic").module
+    m = torch.from_numpy(mosaic(to_float(coffee[:64, :90]), "RGGB"))[None, None]
+    every = ensemble_transforms(["transpose", "rot180", "fliplr", "flipud", "rot90", "rot270", "antitranspose"])
+    plain = bilinear(m)
+    ens = _with_ensemble(bilinear, every, align=2, cfa=True)(m)
+    assert ens.shape == plain.shape
+    assert (ens - plain)[..., 2:-2, 2:-2].abs().max() < 1e-5
+    wrong = _with_ensemble(bilinear, ensemble_transforms(["fliplr"]), align=2)(m)
+    assert (wrong - plain)[..., 2:-2, 2:-2].abs().max() > 0.1
+    with pytest.raises(InputError, match="even"):
+        _with_ensemble(bilinear, every, cfa=True)(m[..., :63, :])

@@ -56,6 +56,7 @@ def test_unknown_id_lists_known_ones():
     ({"scale": 0}, "scale must be"),
     ({"channels": [2]}, "channels must be"),
     ({"ensemble": ["rot45"]}, "ensemble must be"),
+    ({"ensemble_full": ["flip"]}, "ensemble_full must be"),
 ])
 def test_manifest_validation(change, message):
     with pytest.raises(ModelLoadError, match=message):

@@ -217,3 +217,24 @@ def test_transposed_maps_come_back_with_their_directions_swapped():
     straight, transposed = as_maps(labels), as_maps(np.ascontiguousarray(labels.T))
     assert torch.allclose(DWTNet.transpose_maps(transposed), straight, atol=1e-5)
     assert not torch.allclose(transposed.transpose(-2, -1), straight, atol=1e-2)  # the swap matters
+
+
+@pytest.mark.parametrize("dims", [[-1], [-2], [-2, -1]])
+def test_flipped_maps_come_back_with_their_directions_negated(dims):
+    """The full self-ensemble's mirrored passes: targets of a mirrored label map, mapped back by
+    ``flip_maps``, are the map's own targets (a left-right mirror negates the direction's x, an
+    up-down one its y), and plain flipping would get the directions wrong."""
+    labels = np.zeros((40, 56), np.int64)
+    yy, xx = np.mgrid[:40, :56]
+    labels[((yy - 18) / 12) ** 2 + ((xx - 20) / 7) ** 2 < 1] = 1
+    labels[((yy - 22) / 6) ** 2 + ((xx - 41) / 11) ** 2 < 1] = 2
+
+    def as_maps(lab):
+        t = dwt_targets(np.ascontiguousarray(lab))
+        maps = np.concatenate([t["fg"][None], t["direction"], t["energy"][None]]).astype(np.float32)
+        return torch.from_numpy(maps)[None]
+
+    straight = as_maps(labels)
+    mirrored = as_maps(np.flip(labels, axis=tuple(d + 2 for d in dims)))
+    assert torch.allclose(DWTNet.flip_maps(mirrored, dims), straight, atol=1e-5)
+    assert not torch.allclose(mirrored.flip(dims), straight, atol=1e-2)

@@ -176,11 +176,11 @@ def test_drop_a_file_and_open_the_model_card(qtbot, window, tmp_path, coffee):
 
 def test_settings_persist(qtbot, window, tmp_path):
     s = window.vm.settings.__class__(**{**window.vm.settings.__dict__})
-    s.device, s.tile, s.theme, s.ensemble = "cpu", 256, "dark", False
+    s.device, s.tile, s.theme, s.ensemble = "cpu", 256, "dark", "full"
     window.apply_settings(s)
     assert "Device: cpu" in window.device_label.text() and "tile 256" in window.device_label.text()
     assert window.store.load().tile == 256 and window.store.load().theme == "dark"
-    assert window.store.load().ensemble is False and window.vm.engine_config().ensemble is False
+    assert window.store.load().ensemble == "full" and window.vm.engine_config().ensemble == "full"
 
 
 def test_settings_dialog_round_trip(qtbot, window):
@@ -188,12 +188,13 @@ def test_settings_dialog_round_trip(qtbot, window):
 
     dialog = SettingsDialog(window.vm.settings, window)
     qtbot.addWidget(dialog)
-    assert dialog.ensemble.isChecked() == window.vm.settings.ensemble
-    dialog.ensemble.setChecked(False)
+    assert dialog.ensemble.currentData() == window.vm.settings.ensemble == "on"
+    assert [dialog.ensemble.itemData(i) for i in range(dialog.ensemble.count())] == ["off", "on", "full"]
+    dialog.ensemble.setCurrentIndex(dialog.ensemble.findData("off"))
     dialog.tile.setValue(256)
     out = dialog.result_settings()
-    assert out.ensemble is False and out.tile == 256
-    assert window.vm.settings.ensemble is True  # the dialog edits a copy until accepted
+    assert out.ensemble == "off" and out.tile == 256
+    assert window.vm.settings.ensemble == "on"  # the dialog edits a copy until accepted
 
 
 def test_zoom_pan_and_sync(qtbot, window, tmp_path, coffee):

@@ -168,3 +168,7 @@ def test_settings_roundtrip(tmp_path):
     assert store.load() == Settings()
     (tmp_path / "s.json").write_text('{"tile": -5}')
     assert store.load() == Settings()  # invalid values fall back to the defaults
+    (tmp_path / "s.json").write_text('{"ensemble": false}')  # written before the three quality modes
+    assert store.load().ensemble == "off"
+    (tmp_path / "s.json").write_text('{"ensemble": "best"}')
+    assert store.load() == Settings()

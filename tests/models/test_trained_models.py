@@ -134,3 +134,18 @@ def test_dwt_fold_beats_the_classical_watershed_on_a_tile_it_never_saw(datasets,
     ours, classical = rows["restore-dwt"].cells[tile], rows["he-watershed"].cells[tile]
     assert not rows["restore-dwt"].note
     assert ours["ap50"] > classical["ap50"] + 0.2 and ours["f1"] > classical["f1"] + 0.2
+
+
+@pytest.mark.parametrize("model_id", ["restore-jpeg", "restore-jpeg-grey"])
+def test_jpeg_ensemble_modes_gain_in_order(model_id):
+    """The JPEG models' self-ensembles (a 180° turn by default, the four flips for "full") on an
+    image whose size is off the 8×8 grid: each larger mode restores better than the one before."""
+    img = np.rint(_photo()[:187, :229] * 255).astype(np.uint8)
+    img = img[..., 1] if model_id.endswith("grey") else img
+    jpg = jpeg_compress(img, 20).astype(np.float32) / 255
+    scores = {}
+    for mode in ("off", "on", "full"):
+        r = Restorer(default_registry().load(model_id),
+                     Engine(EngineConfig(device="cpu", precision="fp32", tile=0, ensemble=mode)))
+        scores[mode] = psnr(img, _u8(r.restore_image(jpg)), 255.0)
+    assert scores["off"] < scores["on"] < scores["full"], scores

@@ -80,6 +80,18 @@ class DWTNet(nn.Module):
         maps = maps.transpose(-2, -1)
         return torch.cat([maps[:, :1], maps[:, 2:3], maps[:, 1:2], maps[:, 3:]], dim=1)
 
+    @staticmethod
+    def flip_maps(maps: torch.Tensor, dims: list[int]) -> torch.Tensor:
+        """Maps predicted on a mirrored image, mirrored back: a left-right mirror (dim -1) negates
+        the direction's x component, an up-down one (dim -2) its y component."""
+        maps = maps.flip(dims)
+        sign = torch.ones(maps.shape[1], dtype=maps.dtype, device=maps.device)
+        if -1 in dims:
+            sign[1] = -1
+        if -2 in dims:
+            sign[2] = -1
+        return maps * sign[:, None, None]
+
     def postprocess(self, maps: torch.Tensor) -> torch.Tensor:
         """``(B, 19, H, W)`` maps → ``(B, 1, H, W)`` int64 instance labels (0 = background)."""
         from restore_app.core.segment import instances_from_maps

@@ -24,7 +24,7 @@ from restore_app.core.evaluate import list_images
 from restore_app.core.metrics import psnr
 from restore_app.core.noise import sensor_noise_map
 from restore_app.core.pipeline import Restorer
-from restore_app.core.registry import LoadedModel, parse_manifest
+from restore_app.core.registry import ENSEMBLE_TRANSFORMS, LoadedModel, parse_manifest
 from restore_app.core.train.data import Jitter, PatchSampler, bsds_train_val, image_files, load_images, saturate
 from restore_app.core.train.loop import TrainConfig
 
@@ -61,7 +61,9 @@ def manifest_fields(cfg: DemosaicTrainConfig) -> dict:
                        "conditioned on the noise level (given or estimated); one model for every pattern "
                        "and noise level.",
         "architecture": "demosaic_net", "params": {"width": cfg.width, "blocks": cfg.blocks},
-        "input": "cfa", "channels": [3], "conditioning": ["sigma"], "align": 2, "ensemble": ["transpose"],
+        "input": "cfa", "channels": [3], "conditioning": ["sigma"], "align": 2,
+        # self-ensembles chosen on validation (CARD.md): the transpose, all 8 symmetries for "full"
+        "ensemble": ["transpose"], "ensemble_full": list(ENSEMBLE_TRANSFORMS),
         "overlap": int(np.ceil(receptive / 0.75 / 2) * 2), "precisions": ["fp32", "bf16", "fp16"],
         "license": "MIT",
         "training_data": "BSDS500 train+val (BIDS/BSDS500 a04b7c6) shrunk ×2, less the validation hold-out",

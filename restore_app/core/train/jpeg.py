@@ -77,7 +77,9 @@ def _colour_manifest(cfg: JpegTrainConfig) -> dict:
         "description": "Removes JPEG blocking, ringing and colour bleeding at any quality, in colour and grey, "
                        "without being told the quality; leaves high-quality files as they are.",
         "architecture": "jpeg_unet", "params": cfg.arch_params, "input": "rgb", "channels": [3],
-        "ensemble": ["transpose"], "align": 8, "overlap": 64, "precisions": ["fp32", "bf16", "fp16"],
+        # self-ensembles chosen on validation (CARD.md): a 180° turn by default, the four flips for "full"
+        "ensemble": ["rot180"], "ensemble_full": ["fliplr", "flipud", "rot180"],
+        "align": 8, "overlap": 64, "precisions": ["fp32", "bf16", "fp16"],
         "license": "MIT",
         "training_data": "BSDS500 train+val (BIDS/BSDS500 a04b7c6)"
                          + (f" shrunk ×{cfg.downscale}" if cfg.downscale > 1 else "")
