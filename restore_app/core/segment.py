@@ -13,6 +13,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import ndimage as ndi
 
 from restore_app.core.checks import check_image_array
@@ -65,6 +66,19 @@ def dwt_targets(labels: np.ndarray, bin_scale: float = 1.0) -> dict[str, np.ndar
     return {"fg": fg, "direction": direction, "energy": energy, "weight": weight}
 
 
+def expected_level(logits: np.ndarray) -> np.ndarray:
+    """The energy's expected level per pixel, ``Σ k·softmax(logits)_k``, for ``(K, H, W)`` logits.
+
+    Computed with torch (threaded, in place): numpy's strided reductions over the level axis took
+    about a third of the network's own time on a 2-core CPU.
+    """
+    t = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))
+    with torch.inference_mode():
+        p = torch.softmax(t, dim=0)
+        ks = torch.arange(t.shape[0], dtype=torch.float32)
+        return torch.tensordot(ks, p, dims=1).numpy()
+
+
 def instances_from_maps(maps: np.ndarray, cut_level: int = 3, min_area: int = 8) -> np.ndarray:
     """Instances from predicted maps ``(19, H, W)`` (foreground logit, direction, energy logits).
 
@@ -74,10 +88,7 @@ def instances_from_maps(maps: np.ndarray, cut_level: int = 3, min_area: int = 8)
     Returns ``(H, W)`` int32 labels.
     """
     fg = maps[0] > 0
-    logits = maps[3:]
-    p = np.exp(logits - logits.max(axis=0, keepdims=True))
-    p /= p.sum(axis=0, keepdims=True)
-    level = (p * np.arange(logits.shape[0])[:, None, None]).sum(axis=0)
+    level = expected_level(maps[3:])
     cores, n = ndi.label((level >= cut_level) & fg)
     if n == 0:
         return np.zeros(fg.shape, np.int32)

@@ -238,3 +238,18 @@ def test_flipped_maps_come_back_with_their_directions_negated(dims):
     mirrored = as_maps(np.flip(labels, axis=tuple(d + 2 for d in dims)))
     assert torch.allclose(DWTNet.flip_maps(mirrored, dims), straight, atol=1e-5)
     assert not torch.allclose(mirrored.flip(dims), straight, atol=1e-2)
+
+
+def test_expected_level_is_the_softmax_mean():
+    """The energy's expected level (computed with torch) against the plain numpy formula, with
+    logits large enough to overflow a naive exp."""
+    from restore_app.core.segment import expected_level
+
+    logits = (np.random.default_rng(3).standard_normal((16, 37, 45)) * 60).astype(np.float32)
+    p = np.exp(logits.astype(np.float64) - logits.max(axis=0, keepdims=True))
+    p /= p.sum(axis=0, keepdims=True)
+    want = (p * np.arange(16)[:, None, None]).sum(axis=0)
+    got = expected_level(logits)
+    assert got.shape == (37, 45) and np.isfinite(got).all()
+    assert np.abs(got - want).max() < 1e-4
+    assert 0 <= got.min() and got.max() <= 15
