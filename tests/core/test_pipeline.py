@@ -309,3 +309,12 @@ def test_mosaic_ensemble_keeps_the_bayer_phase(coffee):
     assert (wrong - plain)[..., 2:-2, 2:-2].abs().max() > 0.1
     with pytest.raises(InputError, match="even"):
         _with_ensemble(bilinear, every, cfa=True)(m[..., :63, :])
+
+
+def test_every_manifest_transform_has_an_implementation():
+    """The names a manifest may give (registry) and the transforms the pipeline applies agree."""
+    from restore_app.core.pipeline import TRANSFORMS
+    from restore_app.core.registry import ENSEMBLE_TRANSFORMS
+
+    assert set(TRANSFORMS) - {"identity"} == set(ENSEMBLE_TRANSFORMS)
+    assert len(set(TRANSFORMS.values())) == 8  # the 8 symmetries of the square, each once
