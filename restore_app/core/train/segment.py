@@ -84,6 +84,8 @@ class SegmentTrainConfig(TrainConfig):
 def manifest_fields(cfg: SegmentTrainConfig, cut_level: int = 2) -> dict:
     return {
         "id": "restore-dwt", "task": "segment", "name": "Deep Watershed Transform (nuclei)",
+        "description": "Separates and counts touching nuclei and similar objects: label map, overlay, count "
+                       "and a CSV of instances.",
         "architecture": "dwt_net", "params": {"widths": cfg.arch_widths, "cut_level": cut_level, "min_area": 8},
         "input": "rgb", "output": "labels", "channels": [3], "tileable": True, "overlap": 48, "align": 8,
         # chosen on validation (CARD.md): the transpose by default, all 8 symmetries for "full"
