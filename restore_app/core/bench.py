@@ -267,7 +267,7 @@ def bench_segment(models: Sequence[str], data: Path, engine: Engine | None = Non
     A trained model must ship its fold weights (``folds/<tile>.safetensors`` in its folder); a model
     without weights (the classical baseline) is scored on every tile as it is. The row's cell is the
     mean over tiles of AP50, mAP (0.50:0.95) and F1 at 0.5. A model with a self-ensemble gets a
-    second row for its single pass, as in the other benches.
+    row per ensemble mode down to its single pass (:func:`_ensemble_variants`), as in the other benches.
     """
     import shutil
     import tempfile

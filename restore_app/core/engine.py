@@ -28,6 +28,14 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # self-ensemble: one pass; the model's default transforms (about 2× the time); its full set (4–8×)
 ENSEMBLE_MODES = ("off", "on", "full")
+
+
+def ensemble_mode(value: str | bool) -> str:
+    """A checked self-ensemble mode; ``True``/``False`` (the setting before there were three) mean
+    ``"on"``/``"off"``."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return check_choice(value, ENSEMBLE_MODES, "ensemble")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 TensorFn = Callable[[torch.Tensor], torch.Tensor]
@@ -228,9 +236,7 @@ class EngineConfig:
             check_range(self.overlap, 0, None, "overlap")
         check_range(self.batch, 1, 256, "batch")
         check_range(self.clip_length, 1, 4096, "clip_length")
-        if isinstance(self.ensemble, bool):
-            object.__setattr__(self, "ensemble", "on" if self.ensemble else "off")
-        check_choice(self.ensemble, ENSEMBLE_MODES, "ensemble")
+        object.__setattr__(self, "ensemble", ensemble_mode(self.ensemble))
 
 
 class Engine:

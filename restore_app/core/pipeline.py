@@ -269,7 +269,7 @@ def ensemble_transforms(names: Sequence[str]) -> list[Transform]:
     >>> ensemble_transforms(["rot180"])
     [(False, False, False), (False, True, True)]
     """
-    return [TRANSFORMS["identity"]] + [TRANSFORMS[n] for n in names if n != "identity"]
+    return [TRANSFORMS["identity"]] + [TRANSFORMS[n] for n in names]
 
 
 def _with_ensemble(fn: TensorFn, transforms: Sequence[Transform], *, align: int = 1, scale: int = 1,

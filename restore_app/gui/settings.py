@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from restore_app.core.checks import check_choice, check_range
-from restore_app.core.engine import ENSEMBLE_MODES
+from restore_app.core.engine import ensemble_mode
 from restore_app.core.errors import InputError
 from restore_app.core.io.atomic import atomic_output
 from restore_app.core.paths import user_config_dir
@@ -30,9 +30,7 @@ class Settings:
         check_choice(self.device, ("auto", "cpu", "cuda", "mps"), "device")
         check_choice(self.precision, ("auto", "fp32", "bf16", "fp16"), "precision")
         check_range(self.tile, 0, 8192, "tile")
-        if isinstance(self.ensemble, bool):  # settings files before the three modes held true/false
-            self.ensemble = "on" if self.ensemble else "off"
-        check_choice(self.ensemble, ENSEMBLE_MODES, "ensemble")
+        self.ensemble = ensemble_mode(self.ensemble)  # older settings files hold true/false
         check_choice(self.theme, THEMES, "theme")
         return self
 
