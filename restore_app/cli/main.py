@@ -29,6 +29,9 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
                         "one pass")
     g.add_argument("--no-ensemble", dest="ensemble", action="store_const", const="off",
                    help="one pass, fastest (the same as --ensemble off)")
+    g.add_argument("--no-jpeg-constraint", dest="jpeg_constraint", action="store_false",
+                   help="JPEG models: skip the quantisation constraint that corrects their output with the "
+                        "quantisation table found in the decoded input")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,7 +211,8 @@ def _engine(args):
 
     configure_cpu_threads()
     return Engine(EngineConfig(device=args.device, precision=args.precision, tile=args.tile,
-                               overlap=args.overlap, batch=args.batch, ensemble=args.ensemble))
+                               overlap=args.overlap, batch=args.batch, ensemble=args.ensemble,
+                               jpeg_constraint=args.jpeg_constraint))
 
 
 def cmd_run(args) -> int:

@@ -165,7 +165,8 @@ def _registered(models: Sequence[str], engine: Engine, registry: Registry) -> li
 
 def _ensemble_variants(model_id: str, engine: Engine, registry: Registry) -> list[tuple[str, Engine]]:
     """The engine's ensemble mode for ``model_id`` and, for a model with a self-ensemble, each
-    cheaper mode down to its single pass, so costs and results are compared in the same run."""
+    cheaper mode down to its single pass, so costs and results are compared in the same run; for a
+    model with a JPEG quantisation constraint, also the engine's mode without it."""
     manifest, mode = registry.get(model_id), engine.config.ensemble
     suffix = {"on": "", "off": " (single pass)", "full": " (full ensemble)"}[mode] if manifest.ensemble else ""
     out = [(model_id + suffix, engine)]
@@ -173,6 +174,8 @@ def _ensemble_variants(model_id: str, engine: Engine, registry: Registry) -> lis
         out.append((f"{model_id} (default ensemble)", Engine(replace(engine.config, ensemble="on"))))
     if manifest.ensemble_for(mode):
         out.append((f"{model_id} (single pass)", Engine(replace(engine.config, ensemble="off"))))
+    if manifest.jpeg_constraint is not None and engine.config.jpeg_constraint:
+        out.append((f"{model_id}{suffix} (no JPEG constraint)", Engine(replace(engine.config, jpeg_constraint=False))))
     return out
 
 

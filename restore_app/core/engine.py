@@ -216,7 +216,8 @@ class EngineConfig:
     ``clip_length`` frames per chunk for recurrent video models, and ``ensemble``: average over the
     test-time transforms a model's manifest names (more quality for proportionally more time):
     ``"off"`` (one pass), ``"on"`` (the model's default set) or ``"full"`` (its larger set);
-    ``True``/``False`` mean ``"on"``/``"off"``."""
+    ``True``/``False`` mean ``"on"``/``"off"``. ``jpeg_constraint``: apply the JPEG quantisation
+    constraint of models whose manifest names one (:mod:`restore_app.core.quantization`)."""
 
     device: str = "auto"
     precision: str = "auto"
@@ -225,6 +226,7 @@ class EngineConfig:
     batch: int = 4
     clip_length: int = 32
     ensemble: str = "on"
+    jpeg_constraint: bool = True
 
     def __post_init__(self) -> None:
         check_choice(self.device.split(":")[0].lower(), DEVICES, "device")

@@ -42,6 +42,7 @@ from restore_app.core.io.atomic import check_output_dir
 from restore_app.core.io.formats import IMAGE_EXTENSIONS, VIDEO_OUTPUT_EXTENSIONS
 from restore_app.core.jobs import CancelToken, ProgressCallback, check_cancel
 from restore_app.core.noise import bayer_block_mean, estimate_sigma, sensor_noise_map
+from restore_app.core.quantization import apply_constraint
 from restore_app.core.registry import LoadedModel, ModelManifest, Registry, default_registry
 from restore_app.core.resize import imresize
 from restore_app.core.segment import write_segmentation
@@ -154,8 +155,8 @@ class Restorer:
         x = self._with_noise_map(x, sigma, mosaic, cfa=True)
         x, crop = to_rggb(x, pattern)
         out = self._forward(x, progress, cancel)
-        out = from_rggb(out, crop)
-        return out[0].permute(1, 2, 0).clamp_(0, 1).numpy()
+        out = from_rggb(out, crop)[0].permute(1, 2, 0).clamp_(0, 1).numpy()
+        return out
 
     def _restore_rgb(self, batch: np.ndarray, sigma: float | None, progress: ProgressCallback | None,
                      cancel: CancelToken | None) -> np.ndarray:
@@ -195,6 +196,11 @@ class Restorer:
         elif c == 1 and res.shape[-1] == 3:
             res = res.mean(axis=-1, keepdims=True)
         res = np.clip(res, 0.0, 1.0)
+        if m.jpeg_constraint is not None and self.engine.config.jpeg_constraint and m.scale == 1:
+            start = time.perf_counter()
+            res = np.stack([np.clip(apply_constraint(r, d, m.jpeg_constraint), 0.0, 1.0)
+                            for r, d in zip(res, x, strict=True)])
+            self.seconds += time.perf_counter() - start
         if alpha is not None:
             a = alpha if m.scale == 1 else np.stack([imresize(al, float(m.scale)) for al in alpha])
             res = np.concatenate([res, np.clip(a, 0.0, 1.0)], axis=-1)

@@ -58,6 +58,8 @@ class ModelManifest:
     mosaic RGGB; the others change the Bayer phase, so they suit images only (the 8×8 JPEG grid is
     kept on the grid by padding). ``ensemble`` is the default set (the engine's ``"on"``), and
     ``ensemble_full`` the larger, slower set of its ``"full"`` mode (default: the same).
+    ``jpeg_constraint`` (JPEG models) turns on the quantisation constraint of
+    :mod:`restore_app.core.quantization` after the model, with that interval ``shrink`` (0–0.49).
     """
 
     id: str
@@ -78,6 +80,7 @@ class ModelManifest:
     conditioning: tuple[str, ...] = ()
     ensemble: tuple[str, ...] = ()
     ensemble_full: tuple[str, ...] = ()
+    jpeg_constraint: float | None = None
     clip_context: int = 6  # clip models: frames of context on each side of a chunk
     params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     weights: str | None = None
@@ -152,6 +155,10 @@ def parse_manifest(data: Mapping[str, Any], root: Path | None = None,
            f"a list of {', '.join(PRECISIONS)}")
     for key in ("ensemble", "ensemble_full"):
         expect(key, set(d.get(key, ())) <= set(ENSEMBLE_TRANSFORMS), f"a list of {', '.join(ENSEMBLE_TRANSFORMS)}")
+    if d.get("jpeg_constraint") is not None:
+        expect("jpeg_constraint", isinstance(d["jpeg_constraint"], (int, float))
+               and not isinstance(d["jpeg_constraint"], bool) and 0 <= d["jpeg_constraint"] < 0.5,
+               "a number from 0 to below 0.5 (the interval shrink)")
     expect("channels", all(c in (1, 3) for c in d.get("channels", (3,))), "a list of 1 and/or 3")
     for key in ("scale", "overlap", "align", "clip_context"):
         if key in d:

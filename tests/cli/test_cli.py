@@ -136,6 +136,21 @@ def test_ensemble_modes_from_the_command_line(tmp_path, coffee):
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
 
 
+def test_jpeg_constraint_from_the_command_line(tmp_path, coffee):
+    """``--no-jpeg-constraint`` reaches the engine: the JPEG model's output without the constraint
+    differs from its default, which is the closer to the original."""
+    from restore_app.core.degrade import jpeg_compress
+    from restore_app.core.metrics import psnr
+
+    clean = coffee[:96, :128]
+    write_image(tmp_path / "in.png", jpeg_compress(clean, 20))
+    for name, flags in {"on": [], "off": ["--no-jpeg-constraint"]}.items():
+        restore("run", "in.png", "-o", f"{name}.png", "--model", "restore-jpeg", "--no-ensemble", *flags,
+                cwd=tmp_path)
+    on, off = read_image(tmp_path / "on.png"), read_image(tmp_path / "off.png")
+    assert psnr(clean, on, 255.0) > psnr(clean, off, 255.0)
+
+
 def test_model_required_except_for_raw(tmp_path, coffee):
     write_image(tmp_path / "in.png", coffee)
     result = restore("run", "in.png", "-o", "out.png", cwd=tmp_path, check=False)

@@ -57,6 +57,10 @@ def test_unknown_id_lists_known_ones():
     ({"channels": [2]}, "channels must be"),
     ({"ensemble": ["rot45"]}, "ensemble must be"),
     ({"ensemble_full": ["flip"]}, "ensemble_full must be"),
+    ({"jpeg_constraint": 0.5}, "jpeg_constraint must be"),
+    ({"jpeg_constraint": -0.1}, "jpeg_constraint must be"),
+    ({"jpeg_constraint": True}, "jpeg_constraint must be"),
+    ({"jpeg_constraint": "0.1"}, "jpeg_constraint must be"),
 ])
 def test_manifest_validation(change, message):
     with pytest.raises(ModelLoadError, match=message):

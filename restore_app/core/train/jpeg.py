@@ -79,6 +79,8 @@ def _colour_manifest(cfg: JpegTrainConfig) -> dict:
         "architecture": "jpeg_unet", "params": cfg.arch_params, "input": "rgb", "channels": [3],
         # self-ensembles chosen on validation (CARD.md): a 180° turn by default, the four flips for "full"
         "ensemble": ["rot180"], "ensemble_full": ["fliplr", "flipud", "rot180"],
+        # the quantisation constraint's interval shrink, chosen on validation (CARD.md)
+        "jpeg_constraint": 0.15,
         "align": 8, "overlap": 64, "precisions": ["fp32", "bf16", "fp16"],
         "license": "MIT",
         "training_data": "BSDS500 train+val (BIDS/BSDS500 a04b7c6)"

@@ -1,0 +1,208 @@
+"""The JPEG quantisation constraint: what a decoded JPEG still says about the original image.
+
+A baseline JPEG stores each 8×8 block's DCT coefficients as integers ``k`` times an entry ``q`` of its
+quantisation table, so the original's coefficient lay in ``[(k − ½)q, (k + ½)q]``. Clipping a
+restored image's coefficients into those intervals (projection onto the quantisation constraint set;
+Zakhor 1992, Yang, Galatsanos and Katsaggelos 1995) cannot move any coefficient further from the
+original's, and the DCT is orthonormal, so it cannot move the image further away either. A network
+that removes artifacts leaves some coefficients outside their interval; this puts them back.
+
+The models stay blind: the table is estimated from the decoded pixels themselves
+(:func:`estimate_table`), where the coefficients of the luma's blocks sit on the lattice ``k·q`` up to
+the decoder's rounding. An image that was never a JPEG, or was cropped off the 8×8 grid, shows no
+lattice, and then nothing is changed. Only the luma is constrained: with chroma subsampling the
+decoder's chroma upsampling hides the chroma lattice, and a change added equally to R, G and B
+changes Y alone.
+
+>>> table = estimate_table(luma(decoded))                         # doctest: +SKIP
+>>> fixed = apply_constraint(restored, decoded, shrink=0.1)       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from restore_app.core.checks import check_range
+
+BLOCK = 8
+# IJG's (libjpeg's) luminance table at quality 50 (ITU-T T.81 Annex K), in natural order
+IJG_LUMA = np.array([
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99]).reshape(8, 8)
+JFIF_LUMA = np.array([0.299, 0.587, 0.114])  # JPEG's Y (full range BT.601)
+
+# table estimation: a lattice step is trusted only where the decoder's rounding (σ ≈ 0.3) cannot fake it
+_TOL = 1.25        # how far from a multiple of q a coefficient may lie (decoder rounding)
+_MIN_STEP = 5      # smaller steps could be matched by chance
+_CHANCE = 1e-9     # how unlikely it must be that coefficients off any lattice fit a step this well
+_MIN_SAMPLES = 8   # non-zero coefficients needed to trust a step, at least
+_FIT = 0.95        # share of them that must lie on the lattice
+_MIN_ENTRIES = 3   # measured entries needed to call an image a JPEG
+_MAX_SAMPLES = 500  # enough: a step needs at most 30 (_CHANCE)
+
+
+@lru_cache(maxsize=1)
+def _dct_matrix() -> np.ndarray:
+    """The 2-D DCT of an 8×8 block as one 64×64 matrix on the row-major flattened block."""
+    n = np.arange(BLOCK)
+    c = np.sqrt(2.0 / BLOCK) * np.cos((2 * n[None, :] + 1) * n[:, None] * np.pi / (2 * BLOCK))
+    c[0] /= np.sqrt(2.0)
+    return np.kron(c, c)
+
+
+def ijg_table(quality: int) -> np.ndarray:
+    """The luminance table libjpeg (and so OpenCV, Pillow, most software) writes at ``quality`` 1–100."""
+    check_range(quality, 1, 100, "quality")
+    return _ijg_tables()[quality - 1].copy()
+
+
+@lru_cache(maxsize=1)
+def _ijg_tables() -> np.ndarray:
+    """:func:`ijg_table` at qualities 1–100, ``(100, 8, 8)``."""
+    q = np.arange(1, 101)
+    scale = np.where(q < 50, 5000 // q, 200 - 2 * q)
+    return np.clip((IJG_LUMA[None] * scale[:, None, None] + 50) // 100, 1, 255)
+
+
+def luma(image: np.ndarray) -> np.ndarray:
+    """JPEG's Y of a float image in [0, 1] (``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)``), on the 0–255 scale."""
+    x = np.asarray(image, dtype=np.float64) * 255.0
+    if x.ndim == 3 and x.shape[2] == 1:
+        return x[..., 0]
+    return x if x.ndim == 2 else x[..., :3] @ JFIF_LUMA
+
+
+def block_dct(plane: np.ndarray) -> np.ndarray:
+    """Orthonormal 2-D DCT (JPEG's FDCT) of the whole 8×8 blocks of ``plane`` from its top-left corner,
+    level-shifted by 128: ``(H // 8, W // 8, 8, 8)``."""
+    hb, wb = plane.shape[0] // BLOCK, plane.shape[1] // BLOCK
+    blocks = plane[:hb * BLOCK, :wb * BLOCK].reshape(hb, BLOCK, wb, BLOCK).transpose(0, 2, 1, 3)
+    coefs = (blocks.reshape(-1, BLOCK * BLOCK) - 128.0) @ _dct_matrix().T
+    return coefs.reshape(hb, wb, BLOCK, BLOCK)
+
+
+def block_idct(coefs: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`block_dct` (without the level shift) as an ``(8·Hb, 8·Wb)`` plane."""
+    hb, wb = coefs.shape[:2]
+    blocks = (coefs.reshape(-1, BLOCK * BLOCK) @ _dct_matrix()).reshape(hb, wb, BLOCK, BLOCK)
+    return blocks.transpose(0, 2, 1, 3).reshape(hb * BLOCK, wb * BLOCK)
+
+
+def _usable_blocks(decoded: np.ndarray) -> np.ndarray:
+    """Blocks without clipped pixels (0 or 255 in any channel), whose coefficients the decoder's clipping
+    did not move off the lattice: ``(H // 8, W // 8)`` bool."""
+    x = np.asarray(decoded)
+    x = x if x.ndim == 2 else x[..., :3]
+    h, w = x.shape[0] // BLOCK * BLOCK, x.shape[1] // BLOCK * BLOCK
+    clipped = (x[:h, :w] < 0.5 / 255) | (x[:h, :w] > 254.5 / 255)
+    if clipped.ndim == 3:
+        clipped = clipped.any(axis=2)
+    return ~clipped.reshape(h // BLOCK, BLOCK, w // BLOCK, BLOCK).any(axis=(1, 3))
+
+
+def _lattice_step(samples: np.ndarray, rng: np.random.Generator) -> int:
+    """The largest step ``q`` whose multiples hold the non-zero ``samples``, or 0 when none can be trusted."""
+    samples = samples[np.abs(samples) > _TOL]
+    if samples.size < _MIN_SAMPLES:
+        return 0
+    if samples.size > _MAX_SAMPLES:
+        samples = rng.choice(samples, _MAX_SAMPLES, replace=False)
+    steps = np.arange(_MIN_STEP, int(min(255, np.abs(samples).max() + _TOL)) + 1, dtype=np.float64)
+    # a coefficient off any lattice lands within _TOL of a multiple of q with chance 2·_TOL/q
+    needed = np.maximum(_MIN_SAMPLES, np.log(_CHANCE) / np.log(2 * _TOL / steps))
+    off = np.abs(samples[None, :] - steps[:, None] * np.rint(samples[None, :] / steps[:, None]))
+    fits = ((off <= _TOL).mean(axis=1) >= _FIT) & (samples.size >= needed)
+    if not fits.any():
+        return 0
+    # q and q ± 1 may all fit coefficients of ±q within _TOL; the true step fits them closest. Its
+    # divisors fit exactly as closely (the same multiples), so of the closest the largest is taken.
+    resid = np.minimum(off, _TOL).mean(axis=1)
+    return int(steps[fits & (resid <= resid[fits].min() + 0.1)][-1])
+
+
+def _decoded_blocks(decoded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The luma DCT coefficients of a decoded image (whose Y was integer before colour conversion)
+    and which of its blocks are usable (:func:`_usable_blocks`)."""
+    return block_dct(np.rint(luma(decoded))), _usable_blocks(decoded)
+
+
+def _table(coefs: np.ndarray, usable: np.ndarray, min_entries: int) -> np.ndarray | None:
+    # a flat block's pixels all round the same way, which moves its DC up to 4 off the lattice
+    flat = np.all(np.abs(coefs.reshape(*coefs.shape[:2], -1)[..., 1:]) < 1e-6, axis=-1)
+    if not (usable & ~flat).any():
+        return None
+    samples = coefs[usable & ~flat]  # (N, 8, 8)
+    rng = np.random.default_rng(0)
+    table = np.array([[_lattice_step(samples[:, u, v], rng) for v in range(BLOCK)] for u in range(BLOCK)])
+    known = table > 0
+    if known.sum() < min_entries:
+        return None
+    # an IJG table that fits: exact at most measured entries, and within ±1 at all of them (a step
+    # seen only at ±q is pinned down to about ±1)
+    tables = _ijg_tables()
+    diff = np.abs(tables[:, known] - table[known])
+    exact = (diff == 0).sum(axis=1)
+    fits = np.all(diff <= 1, axis=1) & (exact >= 0.75 * known.sum())
+    matches = tables[fits & (exact == exact[fits].max())] if fits.any() else tables[:0]
+    if len(matches):  # where several qualities fit, keep only the entries they agree on
+        return np.where(np.all(matches == matches[0], axis=0), matches[0], 0).astype(np.int64)
+    return table.astype(np.int64)
+
+
+def estimate_table(decoded: np.ndarray, *, min_entries: int = _MIN_ENTRIES) -> np.ndarray | None:
+    """Estimate the luma quantisation table of a decoded JPEG (float in [0, 1], grey or RGB).
+
+    Returns an ``(8, 8)`` int table in natural order, 0 where an entry is unknown, or ``None`` when
+    fewer than ``min_entries`` entries show a lattice (not a JPEG, or not on the 8×8 grid from the
+    top-left corner). Entries too small to measure are filled in when the measured ones are an IJG
+    table (libjpeg's tables scaled by quality, as nearly all software writes): all of them within
+    ±1 and at least three quarters exactly.
+    """
+    return _table(*_decoded_blocks(decoded), min_entries)
+
+
+def _project(restored: np.ndarray, coefs: np.ndarray, usable: np.ndarray, table: np.ndarray,
+             shrink: float) -> np.ndarray:
+    q = np.asarray(table, dtype=np.float64)
+    known = q > 0
+    qs = np.where(known, q, 1.0)
+    k = np.rint(coefs / qs)
+    out = block_dct(luma(restored))
+    lo, hi = (k - 0.5 + shrink) * qs, (k + 0.5 - shrink) * qs
+    change = np.where(known & usable[..., None, None], np.clip(out, lo, hi) - out, 0.0)
+    delta = block_idct(change) / 255.0
+    res = np.array(restored, dtype=np.float32, copy=True)
+    h, w = delta.shape
+    res[:h, :w] += (delta if res.ndim == 2 else delta[..., None]).astype(np.float32)
+    return res
+
+
+def _check(restored: np.ndarray, decoded: np.ndarray, shrink: float) -> None:
+    check_range(shrink, 0.0, 0.49, "shrink")
+    if restored.shape != decoded.shape:
+        raise ValueError(f"restored {restored.shape} and decoded {decoded.shape} differ in shape")
+
+
+def project(restored: np.ndarray, decoded: np.ndarray, table: np.ndarray, shrink: float = 0.0) -> np.ndarray:
+    """Clip the luma DCT coefficients of ``restored`` into the quantisation intervals of ``decoded``.
+
+    Both are float images in [0, 1] of the same shape (grey or RGB). ``shrink`` (0 ≤ shrink < ½)
+    narrows every interval by that fraction of its step on each side: a restoration whose coefficient
+    falls outside its interval is more likely to belong somewhat inside the edge than on it. Blocks
+    with clipped pixels, the partial blocks at the right and bottom edges and unknown table entries
+    (0) are left alone. The luma change is added to every channel, which leaves the chroma as it was.
+    """
+    _check(restored, decoded, shrink)
+    return _project(restored, *_decoded_blocks(decoded), table, shrink)
+
+
+def apply_constraint(restored: np.ndarray, decoded: np.ndarray, shrink: float = 0.0) -> np.ndarray:
+    """:func:`project` ``restored`` with the table :func:`estimate_table` finds in ``decoded``; unchanged
+    when it finds none."""
+    _check(restored, decoded, shrink)
+    coefs, usable = _decoded_blocks(decoded)
+    table = _table(coefs, usable, _MIN_ENTRIES)
+    return restored if table is None else _project(restored, coefs, usable, table, shrink)

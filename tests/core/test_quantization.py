@@ -1,0 +1,110 @@
+"""The JPEG quantisation constraint, on real JPEGs written by OpenCV and read back with Pillow."""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from restore_app.core.color import rgb_to_ycbcr
+from restore_app.core.degrade import gaussian_blur, jpeg_compress
+from restore_app.core.quantization import apply_constraint, block_dct, block_idct, estimate_table, ijg_table, project
+
+
+def _jpeg(img: np.ndarray, quality: int) -> tuple[np.ndarray, np.ndarray]:
+    """``img`` (uint8, grey or RGB) through OpenCV's JPEG: the decoded image and the luma table the file holds."""
+    bgr = img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    table = np.array(Image.open(io.BytesIO(buf.tobytes())).quantization[0]).reshape(8, 8)  # natural order
+    return jpeg_compress(img, quality), table
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(1.0 / np.mean((a.astype(np.float64) - b) ** 2)))
+
+
+@pytest.mark.parametrize("quality", [5, 10, 30, 50, 75, 90])
+def test_ijg_table_is_the_table_opencv_writes(coffee, quality):
+    _, table = _jpeg(coffee[:64, :64, 1], quality)
+    np.testing.assert_array_equal(ijg_table(quality), table)
+
+
+def test_block_dct_is_orthonormal_and_inverted(rng):
+    plane = rng.uniform(0, 255, (24, 40))
+    coefs = block_dct(plane)
+    assert coefs.shape == (3, 5, 8, 8)
+    np.testing.assert_allclose(block_idct(coefs) + 128, plane, atol=1e-9)
+    np.testing.assert_allclose(np.sum(coefs ** 2), np.sum((plane - 128) ** 2), rtol=1e-12)
+
+
+@pytest.mark.parametrize("quality", [10, 30, 90])
+def test_estimate_table_finds_the_files_table_in_grey_and_colour(astronaut, coffee, quality):
+    for img in (astronaut[:256, :256, 0], coffee[:200, :304]):
+        decoded, table = _jpeg(img, quality)
+        np.testing.assert_array_equal(estimate_table(decoded.astype(np.float32) / 255), table)
+
+
+def test_estimate_table_is_not_misled_by_flat_blocks(astronaut, rng):
+    """A flat block's pixels all round the same way, moving its DC up to 4 off the lattice: with
+    many of them (flat backgrounds, as in Classic5) the DC step must still come out right."""
+    img = astronaut[:256, :256, 0].copy()
+    levels = rng.integers(20, 235, size=(8, 16))
+    img[:128] = np.kron(levels, np.ones((16, 16), dtype=np.int64)).astype(np.uint8)
+    for quality in (30, 40):
+        decoded, table = _jpeg(img, quality)
+        np.testing.assert_array_equal(estimate_table(decoded.astype(np.float32) / 255), table)
+
+
+def test_estimate_table_finds_nothing_where_there_is_no_lattice(coffee):
+    clean = coffee[:200, :304].astype(np.float32) / 255
+    assert estimate_table(clean) is None  # never a JPEG (a PNG from a raw photo)
+    decoded = jpeg_compress(coffee[:200, :304], 30).astype(np.float32) / 255
+    assert estimate_table(decoded[3:, 5:]) is None  # cropped off the 8×8 grid
+    assert estimate_table(cv2.resize(decoded, None, fx=1.5, fy=1.5, interpolation=cv2.INTER_CUBIC)) is None
+
+
+def test_projection_moves_a_restoration_towards_the_original(astronaut):
+    """A stand-in restoration (the decoded image blurred) leaves many coefficients outside their
+    intervals; the projection must bring it closer to the original, and more so than it moves it."""
+    clean = astronaut[:256, :256, 0]
+    decoded, table = _jpeg(clean, 20)
+    dec = decoded.astype(np.float32) / 255
+    restored = gaussian_blur(dec, 1.0)
+    target = clean.astype(np.float64) / 255
+    fixed = project(restored, dec, table)
+    assert _psnr(fixed, target) > _psnr(restored, target) + 0.5
+    # every coefficient of the result lies in its interval, except in blocks with clipped pixels
+    k = np.rint(block_dct(decoded.astype(np.float64)) / table)
+    coefs = block_dct(fixed.astype(np.float64) * 255)
+    clipped = ((decoded == 0) | (decoded == 255)).reshape(32, 8, 32, 8).any(axis=(1, 3))
+    inside = np.all(np.abs(coefs - k * table) <= table / 2 + 1e-3, axis=(2, 3))
+    assert inside[~clipped].all() and (~clipped).mean() > 0.5
+    # a narrower interval pulls further in; the decoded image itself is left where it is
+    assert np.abs(project(restored, dec, table, 0.25) - fixed).max() > 0
+    np.testing.assert_allclose(project(dec, dec, table), dec, atol=1e-6)
+
+
+def test_projection_changes_luma_only_and_keeps_clipped_blocks(coffee):
+    img = coffee[:160, :240]
+    decoded, table = _jpeg(img, 20)
+    dec = decoded.astype(np.float32) / 255
+    restored = gaussian_blur(dec, 1.5)
+    restored[:8, :8] = 1.0  # white block: clipped in the decoded image too
+    dec = dec.copy()
+    dec[:8, :8] = 1.0
+    fixed = project(restored, dec, table, 0.15)
+    np.testing.assert_allclose(rgb_to_ycbcr(fixed)[..., 1:], rgb_to_ycbcr(restored)[..., 1:], atol=1e-5)
+    assert np.abs(fixed - restored)[..., 0].max() > 1 / 255
+    np.testing.assert_array_equal(fixed[:8, :8], restored[:8, :8])
+
+
+def test_apply_constraint_leaves_images_that_are_not_jpegs_alone(coffee, rng):
+    clean = coffee[:96, :96].astype(np.float32) / 255
+    restored = np.clip(clean + rng.normal(0, 0.02, clean.shape).astype(np.float32), 0, 1)
+    assert apply_constraint(restored, clean, 0.15) is restored
+    with pytest.raises(ValueError):
+        apply_constraint(restored[:64], jpeg_compress(clean, 20), 0.15)
