@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from restore_app.core.cfa import PATTERNS, channel_map, from_rggb, to_rggb
+from restore_app.core.cfa import PATTERNS, channel_map, channel_masks, from_rggb, to_rggb
 from restore_app.core.checks import check_choice, check_image_array, check_range
 from restore_app.core.color import rgb_to_ycbcr, srgb_gamma, srgb_gamma_slope, srgb_linear, ycbcr_to_rgb
 from restore_app.core.engine import Engine, TensorFn
@@ -145,7 +145,8 @@ class Restorer:
         """``(H, W)`` Bayer mosaic of ``pattern`` (float, black 0, white 1) → ``(H, W, 3)`` RGB.
 
         ``sigma`` is the noise standard deviation (a number, or an ``(H, W)`` map for sensor noise)
-        for models conditioned on it; ``None`` estimates it from the mosaic.
+        for models conditioned on it; ``None`` estimates it from the mosaic. Given as 0, it declares the
+        mosaic noise-free, and a ``keep_samples`` model keeps the measured samples exactly.
         """
         if self.manifest.input != "cfa":
             raise InputError(f"model {self.manifest.id!r} does not demosaic (it takes {self.manifest.input})")
@@ -156,6 +157,9 @@ class Restorer:
         x, crop = to_rggb(x, pattern)
         out = self._forward(x, progress, cancel)
         out = from_rggb(out, crop)[0].permute(1, 2, 0).clamp_(0, 1).numpy()
+        if self.manifest.keep_samples and sigma is not None and np.ndim(sigma) == 0 and float(sigma) == 0.0:
+            measured = channel_masks(*mosaic.shape, pattern).transpose(1, 2, 0)
+            out[measured] = np.broadcast_to(np.clip(mosaic, 0, 1)[..., None], out.shape)[measured]
         return out
 
     def _restore_rgb(self, batch: np.ndarray, sigma: float | None, progress: ProgressCallback | None,

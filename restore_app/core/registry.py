@@ -60,6 +60,8 @@ class ModelManifest:
     ``ensemble_full`` the larger, slower set of its ``"full"`` mode (default: the same).
     ``jpeg_constraint`` (JPEG models) turns on the quantisation constraint of
     :mod:`restore_app.core.quantization` after the model, with that interval ``shrink`` (0–0.49).
+    ``keep_samples`` (``cfa`` models): when the mosaic is declared noise-free (σ = 0), the result
+    keeps its samples exactly where they were measured.
     """
 
     id: str
@@ -81,6 +83,7 @@ class ModelManifest:
     ensemble: tuple[str, ...] = ()
     ensemble_full: tuple[str, ...] = ()
     jpeg_constraint: float | None = None
+    keep_samples: bool = False
     clip_context: int = 6  # clip models: frames of context on each side of a chunk
     params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     weights: str | None = None
@@ -159,6 +162,9 @@ def parse_manifest(data: Mapping[str, Any], root: Path | None = None,
         expect("jpeg_constraint", isinstance(d["jpeg_constraint"], (int, float))
                and not isinstance(d["jpeg_constraint"], bool) and 0 <= d["jpeg_constraint"] < 0.5,
                "a number from 0 to below 0.5 (the interval shrink)")
+    for key in ("tileable", "default", "keep_samples"):
+        if key in d:
+            expect(key, isinstance(d[key], bool), "true or false")
     expect("channels", all(c in (1, 3) for c in d.get("channels", (3,))), "a list of 1 and/or 3")
     for key in ("scale", "overlap", "align", "clip_context"):
         if key in d:

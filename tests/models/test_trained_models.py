@@ -171,3 +171,28 @@ def test_jpeg_constraint_gains_on_jpegs_and_leaves_other_images_alone(model_id):
     noisy = add_gaussian_noise(img.astype(np.float32) / 255, 5 / 255, seed=5)
     np.testing.assert_array_equal(run(noisy, True), run(noisy, False))
 
+
+@pytest.mark.parametrize("pattern", ["RGGB", "GBRG"])
+def test_restore_dm_keeps_the_samples_of_a_noise_free_mosaic(pattern):
+    """At σ = 0 the measured samples are exact, and restore-dm (``keep_samples``) returns them as
+    they are, which is closer to the original than the network's own values there; at σ > 0 the
+    samples are noisy and the network's denoised values stay."""
+    from dataclasses import replace
+
+    from restore_app.core.cfa import channel_masks
+    from restore_app.core.registry import LoadedModel
+
+    clean = _photo()
+    flat = mosaic(clean, pattern)
+    measured = channel_masks(*flat.shape, pattern).transpose(1, 2, 0)
+    restorer = _restorer("restore-dm")
+    out = restorer.demosaic(flat, pattern=pattern, sigma=0.0)
+    np.testing.assert_array_equal(out[measured], np.broadcast_to(flat[..., None], out.shape)[measured])
+    loaded = default_registry().load("restore-dm")
+    free = Restorer(LoadedModel(replace(loaded.manifest, keep_samples=False), loaded.module),
+                    Engine(EngineConfig(device="cpu", precision="fp32", tile=0)))
+    plain = free.demosaic(flat, pattern=pattern, sigma=0.0)
+    assert psnr(_u8(clean), _u8(out), 255.0, crop=10) > psnr(_u8(clean), _u8(plain), 255.0, crop=10)
+    noisy = add_gaussian_noise(flat, 10 / 255, seed=6)
+    out = restorer.demosaic(noisy, pattern=pattern, sigma=10 / 255)
+    assert np.abs(out[measured] - np.broadcast_to(noisy[..., None], out.shape)[measured]).mean() > 2 / 255

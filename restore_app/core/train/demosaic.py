@@ -64,6 +64,7 @@ def manifest_fields(cfg: DemosaicTrainConfig) -> dict:
         "input": "cfa", "channels": [3], "conditioning": ["sigma"], "align": 2,
         # self-ensembles chosen on validation (CARD.md): the transpose, all 8 symmetries for "full"
         "ensemble": ["transpose"], "ensemble_full": list(ENSEMBLE_TRANSFORMS),
+        "keep_samples": True,  # a noise-free mosaic's samples are exact (+0.09 dB on validation at σ = 0)
         "overlap": int(np.ceil(receptive / 0.75 / 2) * 2), "precisions": ["fp32", "bf16", "fp16"],
         "license": "MIT",
         "training_data": "BSDS500 train+val (BIDS/BSDS500 a04b7c6) shrunk ×2, less the validation hold-out",
