@@ -41,7 +41,8 @@ _CHANCE = 1e-9     # how unlikely it must be that coefficients off any lattice f
 _MIN_SAMPLES = 8   # non-zero coefficients needed to trust a step, at least
 _FIT = 0.95        # share of them that must lie on the lattice
 _MIN_ENTRIES = 3   # measured entries needed to call an image a JPEG
-_MAX_SAMPLES = 500  # enough: a step needs at most 30 (_CHANCE)
+_STRIP = 64        # block rows worked on at a time (bounded memory on large images)
+_MAX_SAMPLES = 200  # enough: a step needs at most 30 (_CHANCE)
 
 
 @lru_cache(maxsize=1)
@@ -68,11 +69,15 @@ def _ijg_tables() -> np.ndarray:
 
 
 def luma(image: np.ndarray) -> np.ndarray:
-    """JPEG's Y of a float image in [0, 1] (``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)``), on the 0–255 scale."""
-    x = np.asarray(image, dtype=np.float64) * 255.0
+    """JPEG's Y of a float image in [0, 1] (``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)``), on the 0–255
+    scale, in float32."""
+    x = np.asarray(image, dtype=np.float32)
     if x.ndim == 3 and x.shape[2] == 1:
-        return x[..., 0]
-    return x if x.ndim == 2 else x[..., :3] @ JFIF_LUMA
+        x = x[..., 0]
+    if x.ndim == 2:
+        return x * np.float32(255.0)
+    r, g, b = (np.float32(255.0 * c) for c in JFIF_LUMA)
+    return x[..., 0] * r + x[..., 1] * g + x[..., 2] * b
 
 
 def block_dct(plane: np.ndarray) -> np.ndarray:
@@ -80,14 +85,14 @@ def block_dct(plane: np.ndarray) -> np.ndarray:
     level-shifted by 128: ``(H // 8, W // 8, 8, 8)``."""
     hb, wb = plane.shape[0] // BLOCK, plane.shape[1] // BLOCK
     blocks = plane[:hb * BLOCK, :wb * BLOCK].reshape(hb, BLOCK, wb, BLOCK).transpose(0, 2, 1, 3)
-    coefs = (blocks.reshape(-1, BLOCK * BLOCK) - 128.0) @ _dct_matrix().T
+    coefs = (blocks.reshape(-1, BLOCK * BLOCK) - 128.0) @ _dct_matrix().astype(blocks.dtype).T
     return coefs.reshape(hb, wb, BLOCK, BLOCK)
 
 
 def block_idct(coefs: np.ndarray) -> np.ndarray:
     """Inverse of :func:`block_dct` (without the level shift) as an ``(8·Hb, 8·Wb)`` plane."""
     hb, wb = coefs.shape[:2]
-    blocks = (coefs.reshape(-1, BLOCK * BLOCK) @ _dct_matrix()).reshape(hb, wb, BLOCK, BLOCK)
+    blocks = (coefs.reshape(-1, BLOCK * BLOCK) @ _dct_matrix().astype(coefs.dtype)).reshape(hb, wb, BLOCK, BLOCK)
     return blocks.transpose(0, 2, 1, 3).reshape(hb * BLOCK, wb * BLOCK)
 
 
@@ -103,14 +108,14 @@ def _usable_blocks(decoded: np.ndarray) -> np.ndarray:
     return ~clipped.reshape(h // BLOCK, BLOCK, w // BLOCK, BLOCK).any(axis=(1, 3))
 
 
-def _lattice_step(samples: np.ndarray, rng: np.random.Generator) -> int:
+def _lattice_step(samples: np.ndarray) -> int:
     """The largest step ``q`` whose multiples hold the non-zero ``samples``, or 0 when none can be trusted."""
     samples = samples[np.abs(samples) > _TOL]
     if samples.size < _MIN_SAMPLES:
         return 0
-    if samples.size > _MAX_SAMPLES:
-        samples = rng.choice(samples, _MAX_SAMPLES, replace=False)
-    steps = np.arange(_MIN_STEP, int(min(255, np.abs(samples).max() + _TOL)) + 1, dtype=np.float64)
+    if samples.size > _MAX_SAMPLES:  # evenly spread over the image
+        samples = samples[np.linspace(0, samples.size - 1, _MAX_SAMPLES).astype(np.int64)]
+    steps = np.arange(_MIN_STEP, int(min(255, np.abs(samples).max() + _TOL)) + 1, dtype=np.float32)
     # a coefficient off any lattice lands within _TOL of a multiple of q with chance 2·_TOL/q
     needed = np.maximum(_MIN_SAMPLES, np.log(_CHANCE) / np.log(2 * _TOL / steps))
     off = np.abs(samples[None, :] - steps[:, None] * np.rint(samples[None, :] / steps[:, None]))
@@ -123,20 +128,32 @@ def _lattice_step(samples: np.ndarray, rng: np.random.Generator) -> int:
     return int(steps[fits & (resid <= resid[fits].min() + 0.1)][-1])
 
 
+def _strips(block_rows: int) -> list[slice]:
+    """Runs of at most ``_STRIP`` block rows: large images are worked on a strip at a time."""
+    return [slice(r, min(r + _STRIP, block_rows)) for r in range(0, block_rows, _STRIP)]
+
+
+def _pixels(rows: slice, block_cols: int) -> tuple[slice, slice]:
+    return slice(rows.start * BLOCK, rows.stop * BLOCK), slice(0, block_cols * BLOCK)
+
+
 def _decoded_blocks(decoded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The luma DCT coefficients of a decoded image (whose Y was integer before colour conversion)
     and which of its blocks are usable (:func:`_usable_blocks`)."""
-    return block_dct(np.rint(luma(decoded))), _usable_blocks(decoded)
+    usable = _usable_blocks(decoded)
+    coefs = np.empty((*usable.shape, BLOCK, BLOCK), np.float32)
+    for rows in _strips(usable.shape[0]):
+        coefs[rows] = block_dct(np.rint(luma(decoded[_pixels(rows, usable.shape[1])])))
+    return coefs, usable
 
 
 def _table(coefs: np.ndarray, usable: np.ndarray, min_entries: int) -> np.ndarray | None:
     # a flat block's pixels all round the same way, which moves its DC up to 4 off the lattice
-    flat = np.all(np.abs(coefs.reshape(*coefs.shape[:2], -1)[..., 1:]) < 1e-6, axis=-1)
+    flat = np.all(np.abs(coefs.reshape(*coefs.shape[:2], -1)[..., 1:]) < 1e-3, axis=-1)
     if not (usable & ~flat).any():
         return None
     samples = coefs[usable & ~flat]  # (N, 8, 8)
-    rng = np.random.default_rng(0)
-    table = np.array([[_lattice_step(samples[:, u, v], rng) for v in range(BLOCK)] for u in range(BLOCK)])
+    table = np.array([[_lattice_step(samples[:, u, v]) for v in range(BLOCK)] for u in range(BLOCK)])
     known = table > 0
     if known.sum() < min_entries:
         return None
@@ -166,17 +183,18 @@ def estimate_table(decoded: np.ndarray, *, min_entries: int = _MIN_ENTRIES) -> n
 
 def _project(restored: np.ndarray, coefs: np.ndarray, usable: np.ndarray, table: np.ndarray,
              shrink: float) -> np.ndarray:
-    q = np.asarray(table, dtype=np.float64)
+    q = np.asarray(table, dtype=np.float32)
     known = q > 0
-    qs = np.where(known, q, 1.0)
-    k = np.rint(coefs / qs)
-    out = block_dct(luma(restored))
-    lo, hi = (k - 0.5 + shrink) * qs, (k + 0.5 - shrink) * qs
-    change = np.where(known & usable[..., None, None], np.clip(out, lo, hi) - out, 0.0)
-    delta = block_idct(change) / 255.0
+    qs = np.where(known, q, np.float32(1.0))
     res = np.array(restored, dtype=np.float32, copy=True)
-    h, w = delta.shape
-    res[:h, :w] += (delta if res.ndim == 2 else delta[..., None]).astype(np.float32)
+    for rows in _strips(usable.shape[0]):
+        region = _pixels(rows, usable.shape[1])
+        k = np.rint(coefs[rows] / qs)
+        out = block_dct(luma(restored[region]))
+        lo, hi = (k - 0.5 + shrink) * qs, (k + 0.5 - shrink) * qs
+        change = np.where(known & usable[rows, :, None, None], np.clip(out, lo, hi) - out, np.float32(0.0))
+        delta = block_idct(change) / np.float32(255.0)
+        res[region] += delta if res.ndim == 2 else delta[..., None]
     return res
 
 
