@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtWidgets import QComboBox, QDialog, QDialogButtonBox, QFormLayout, QSpinBox, QWidget
+from PySide6.QtWidgets import QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFormLayout, QSpinBox, QWidget
 
 from restore_app.gui.settings import THEMES, Settings
 
@@ -34,6 +34,11 @@ class SettingsDialog(QDialog):
         self.ensemble.setCurrentIndex(self.ensemble.findData(settings.ensemble))
         self.ensemble.setToolTip("Averages the model's results over flipped and transposed copies of the "
                                  "image: better results for proportionally more time")
+        self.jpeg_constraint = QCheckBox("Use the file's quantisation table")
+        self.jpeg_constraint.setChecked(settings.jpeg_constraint)
+        self.jpeg_constraint.setToolTip("JPEG artifact removal: after the model, keep the result consistent with "
+                                        "the JPEG quantisation found in the image (a little sharper, closer to "
+                                        "the original; images that were never JPEGs are left alone)")
         self.theme = QComboBox()
         self.theme.addItems(list(THEMES))
         self.theme.setCurrentText(settings.theme)
@@ -42,6 +47,7 @@ class SettingsDialog(QDialog):
         form.addRow("Precision", self.precision)
         form.addRow("Tile size (px)", self.tile)
         form.addRow("Quality", self.ensemble)
+        form.addRow("JPEG", self.jpeg_constraint)
         form.addRow("Theme", self.theme)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         buttons.accepted.connect(self.accept)
@@ -54,6 +60,7 @@ class SettingsDialog(QDialog):
         s.device, s.precision = self.device.currentText(), self.precision.currentText()
         s.tile, s.theme = self.tile.value(), self.theme.currentText()
         s.ensemble = self.ensemble.currentData()
+        s.jpeg_constraint = self.jpeg_constraint.isChecked()
         if s.tile and s.tile < 32:
             s.tile = 32
         return s.validate()

@@ -22,6 +22,7 @@ class Settings:
     precision: str = "auto"
     tile: int = 512
     ensemble: str = "on"  # self-ensemble: "off" (one pass), "on" (model's default), "full" (best, slowest)
+    jpeg_constraint: bool = True  # JPEG models: correct with the quantisation table found in the input
     theme: str = "system"
     recent: list[str] = field(default_factory=list)
     last_folder: str = ""
@@ -31,6 +32,8 @@ class Settings:
         check_choice(self.precision, ("auto", "fp32", "bf16", "fp16"), "precision")
         check_range(self.tile, 0, 8192, "tile")
         self.ensemble = ensemble_mode(self.ensemble)  # older settings files hold true/false
+        if not isinstance(self.jpeg_constraint, bool):
+            raise InputError(f"jpeg_constraint must be true or false; got {self.jpeg_constraint!r}")
         check_choice(self.theme, THEMES, "theme")
         return self
 

@@ -276,7 +276,8 @@ class MainViewModel:
     # -- running ---------------------------------------------------------------------------------
     def engine_config(self) -> EngineConfig:
         s = self.settings
-        return EngineConfig(device=s.device, precision=s.precision, tile=s.tile, ensemble=s.ensemble)
+        return EngineConfig(device=s.device, precision=s.precision, tile=s.tile, ensemble=s.ensemble,
+                            jpeg_constraint=s.jpeg_constraint)
 
     def restorer(self, model_id: str) -> Restorer:
         key = (model_id, self.engine_config())

@@ -176,11 +176,12 @@ def test_drop_a_file_and_open_the_model_card(qtbot, window, tmp_path, coffee):
 
 def test_settings_persist(qtbot, window, tmp_path):
     s = window.vm.settings.__class__(**{**window.vm.settings.__dict__})
-    s.device, s.tile, s.theme, s.ensemble = "cpu", 256, "dark", "full"
+    s.device, s.tile, s.theme, s.ensemble, s.jpeg_constraint = "cpu", 256, "dark", "full", False
     window.apply_settings(s)
     assert "Device: cpu" in window.device_label.text() and "tile 256" in window.device_label.text()
     assert window.store.load().tile == 256 and window.store.load().theme == "dark"
     assert window.store.load().ensemble == "full" and window.vm.engine_config().ensemble == "full"
+    assert not window.store.load().jpeg_constraint and not window.vm.engine_config().jpeg_constraint
 
 
 def test_settings_dialog_round_trip(qtbot, window):
@@ -192,8 +193,10 @@ def test_settings_dialog_round_trip(qtbot, window):
     assert [dialog.ensemble.itemData(i) for i in range(dialog.ensemble.count())] == ["off", "on", "full"]
     dialog.ensemble.setCurrentIndex(dialog.ensemble.findData("off"))
     dialog.tile.setValue(256)
+    assert dialog.jpeg_constraint.isChecked()
+    dialog.jpeg_constraint.setChecked(False)
     out = dialog.result_settings()
-    assert out.ensemble == "off" and out.tile == 256
+    assert out.ensemble == "off" and out.tile == 256 and out.jpeg_constraint is False
     assert window.vm.settings.ensemble == "on"  # the dialog edits a copy until accepted
 
 

@@ -172,3 +172,7 @@ def test_settings_roundtrip(tmp_path):
     assert store.load().ensemble == "off"
     (tmp_path / "s.json").write_text('{"ensemble": "best"}')
     assert store.load() == Settings()
+    (tmp_path / "s.json").write_text('{"jpeg_constraint": "no"}')
+    assert store.load() == Settings()
+    (tmp_path / "s.json").write_text('{"tile": 256}')  # written before the JPEG constraint setting
+    assert store.load().jpeg_constraint is True
