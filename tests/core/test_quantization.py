@@ -67,6 +67,23 @@ def test_estimate_table_finds_nothing_where_there_is_no_lattice(coffee):
     assert estimate_table(cv2.resize(decoded, None, fx=1.5, fy=1.5, interpolation=cv2.INTER_CUBIC)) is None
 
 
+def test_estimate_table_reads_a_camera_jpeg_and_not_h264_frames(datasets, astronaut, tmp_path):
+    """A camera's JPEG file read from disk gives the table stored in it; frames of an H.264 video
+    (real ffmpeg, a coarse CRF) give none: a video through a JPEG
+    model is left as the network gives it."""
+    from restore_app.core.io import VideoReader, VideoWriter, read_image
+
+    photo = datasets / "bsds500" / "test" / "100007.jpg"
+    stored = np.array(Image.open(photo).quantization[0]).reshape(8, 8)
+    np.testing.assert_array_equal(estimate_table(read_image(photo).astype(np.float32) / 255), stored)
+    with VideoWriter(tmp_path / "clip.mp4", 256, 256, 10, quality=40) as writer:
+        for i in range(3):
+            writer.write(np.ascontiguousarray(np.roll(astronaut[:256, :256], 4 * i, axis=1)))
+    frames = list(VideoReader(tmp_path / "clip.mp4"))
+    assert len(frames) == 3
+    assert all(estimate_table(f.astype(np.float32) / 255) is None for f in frames)
+
+
 def test_projection_moves_a_restoration_towards_the_original(astronaut):
     """A stand-in restoration (the decoded image blurred) leaves many coefficients outside their
     intervals; the projection must bring it closer to the original, and more so than it moves it."""
