@@ -5,7 +5,8 @@ quantisation table, so the original's coefficient lay in ``[(k − ½)q, (k + ½
 restored image's coefficients into those intervals (projection onto the quantisation constraint set;
 Zakhor 1992, Yang, Galatsanos and Katsaggelos 1995) cannot move any coefficient further from the
 original's, and the DCT is orthonormal, so it cannot move the image further away either. A network
-that removes artifacts leaves some coefficients outside their interval; this puts them back.
+that removes artifacts leaves some coefficients outside their interval; this puts them back, a
+little inside the edge (``shrink``; strictly, only the plain projection, shrink 0, is guaranteed).
 
 The models stay blind: the table is estimated from the decoded pixels themselves
 (:func:`estimate_table`), where the coefficients of the luma's blocks sit on the lattice ``k·q`` up to
@@ -14,7 +15,7 @@ lattice, and then nothing is changed. Only the luma is constrained: with chroma 
 decoder's chroma upsampling hides the chroma lattice, and a change added equally to R, G and B
 changes Y alone.
 
->>> table = estimate_table(luma(decoded))                         # doctest: +SKIP
+>>> table = estimate_table(decoded)                               # doctest: +SKIP
 >>> fixed = apply_constraint(restored, decoded, shrink=0.1)       # doctest: +SKIP
 """
 
@@ -25,6 +26,7 @@ from functools import lru_cache
 import numpy as np
 
 from restore_app.core.checks import check_range
+from restore_app.core.errors import InputError
 
 BLOCK = 8
 # IJG's (libjpeg's) luminance table at quality 50 (ITU-T T.81 Annex K), in natural order
@@ -43,6 +45,7 @@ _FIT = 0.95        # share of them that must lie on the lattice
 _MIN_ENTRIES = 3   # measured entries needed to call an image a JPEG
 _STRIP = 64        # block rows worked on at a time (bounded memory on large images)
 _MAX_SAMPLES = 200  # enough: a step needs at most 30 (_CHANCE)
+MAX_SHRINK = 0.49  # the interval shrink may not close an interval
 
 
 @lru_cache(maxsize=1)
@@ -199,15 +202,15 @@ def _project(restored: np.ndarray, coefs: np.ndarray, usable: np.ndarray, table:
 
 
 def _check(restored: np.ndarray, decoded: np.ndarray, shrink: float) -> None:
-    check_range(shrink, 0.0, 0.49, "shrink")
+    check_range(shrink, 0.0, MAX_SHRINK, "shrink")
     if restored.shape != decoded.shape:
-        raise ValueError(f"restored {restored.shape} and decoded {decoded.shape} differ in shape")
+        raise InputError(f"restored {restored.shape} and decoded {decoded.shape} differ in shape")
 
 
 def project(restored: np.ndarray, decoded: np.ndarray, table: np.ndarray, shrink: float = 0.0) -> np.ndarray:
     """Clip the luma DCT coefficients of ``restored`` into the quantisation intervals of ``decoded``.
 
-    Both are float images in [0, 1] of the same shape (grey or RGB). ``shrink`` (0 ≤ shrink < ½)
+    Both are float images in [0, 1] of the same shape (grey or RGB). ``shrink`` (0 to ``MAX_SHRINK``)
     narrows every interval by that fraction of its step on each side: a restoration whose coefficient
     falls outside its interval is more likely to belong somewhat inside the edge than on it. Blocks
     with clipped pixels, the partial blocks at the right and bottom edges and unknown table entries

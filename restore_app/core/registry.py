@@ -32,6 +32,7 @@ from torch import nn
 from restore_app.core.archs import ARCHITECTURES
 from restore_app.core.errors import ModelLoadError, ModelNotFoundError
 from restore_app.core.paths import builtin_models_dir, user_data_dir
+from restore_app.core.quantization import MAX_SHRINK
 
 ENTRY_POINT_GROUP = "restore_app.models"
 MANIFEST_NAME = "manifest.toml"
@@ -160,8 +161,8 @@ def parse_manifest(data: Mapping[str, Any], root: Path | None = None,
         expect(key, set(d.get(key, ())) <= set(ENSEMBLE_TRANSFORMS), f"a list of {', '.join(ENSEMBLE_TRANSFORMS)}")
     if d.get("jpeg_constraint") is not None:
         expect("jpeg_constraint", isinstance(d["jpeg_constraint"], (int, float))
-               and not isinstance(d["jpeg_constraint"], bool) and 0 <= d["jpeg_constraint"] < 0.5,
-               "a number from 0 to below 0.5 (the interval shrink)")
+               and not isinstance(d["jpeg_constraint"], bool) and 0 <= d["jpeg_constraint"] <= MAX_SHRINK,
+               f"a number from 0 to {MAX_SHRINK} (the interval shrink)")
     for key in ("tileable", "default", "keep_samples"):
         if key in d:
             expect(key, isinstance(d[key], bool), "true or false")

@@ -37,8 +37,8 @@ class SettingsDialog(QDialog):
         self.jpeg_constraint = QCheckBox("Use the file's quantisation table")
         self.jpeg_constraint.setChecked(settings.jpeg_constraint)
         self.jpeg_constraint.setToolTip("JPEG artifact removal: after the model, keep the result consistent with "
-                                        "the JPEG quantisation found in the image (a little sharper, closer to "
-                                        "the original; images that were never JPEGs are left alone)")
+                                        "the JPEG quantisation found in the image (closer to the original; "
+                                        "images that were never JPEGs are left alone)")
         self.theme = QComboBox()
         self.theme.addItems(list(THEMES))
         self.theme.setCurrentText(settings.theme)

@@ -11,6 +11,7 @@ from PIL import Image
 
 from restore_app.core.color import rgb_to_ycbcr
 from restore_app.core.degrade import gaussian_blur, jpeg_compress
+from restore_app.core.errors import InputError
 from restore_app.core.quantization import apply_constraint, block_dct, block_idct, estimate_table, ijg_table, project
 
 
@@ -123,5 +124,5 @@ def test_apply_constraint_leaves_images_that_are_not_jpegs_alone(coffee, rng):
     clean = coffee[:96, :96].astype(np.float32) / 255
     restored = np.clip(clean + rng.normal(0, 0.02, clean.shape).astype(np.float32), 0, 1)
     assert apply_constraint(restored, clean, 0.15) is restored
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError, match="differ in shape"):
         apply_constraint(restored[:64], jpeg_compress(clean, 20), 0.15)
