@@ -42,7 +42,7 @@ from restore_app.core.io.atomic import check_output_dir
 from restore_app.core.io.formats import IMAGE_EXTENSIONS, VIDEO_OUTPUT_EXTENSIONS
 from restore_app.core.jobs import CancelToken, ProgressCallback, check_cancel
 from restore_app.core.noise import bayer_block_mean, estimate_sigma, sensor_noise_map
-from restore_app.core.quantization import apply_constraint
+from restore_app.core.quantization import find_grid, project
 from restore_app.core.registry import LoadedModel, ModelManifest, Registry, default_registry
 from restore_app.core.resize import imresize
 from restore_app.core.segment import write_segmentation
@@ -181,11 +181,14 @@ class Restorer:
             planes = np.repeat(x, 3, axis=-1)
         else:
             raise InputError(f"model {m.id!r} takes {m.channels} channels; got {c}")
+        grids, shift = self._jpeg_grids(x)
+        if shift != (0, 0):  # a JPEG cropped off its grid: padded so the model sees its blocks on its own grid
+            planes = np.pad(planes, ((0, 0), (shift[0], 0), (shift[1], 0), (0, 0)), mode="edge")
         t = torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float32)).permute(0, 3, 1, 2)
         if self.needs_sigma:
             t = torch.cat([self._with_noise_map(t[i:i + 1], sigma, planes[i], cfa=False)
                            for i in range(t.shape[0])])
-        out = self._forward(t, progress, cancel)
+        out = self._forward(t, progress, cancel)[..., shift[0]:, shift[1]:]
         if m.output == "labels":
             postprocess = getattr(self.module, "postprocess", None)  # maps → instances, after stitching
             start = time.perf_counter()
@@ -200,15 +203,31 @@ class Restorer:
         elif c == 1 and res.shape[-1] == 3:
             res = res.mean(axis=-1, keepdims=True)
         res = np.clip(res, 0.0, 1.0)
-        if m.jpeg_constraint is not None and self.engine.config.jpeg_constraint and m.scale == 1:
+        if self.engine.config.jpeg_constraint and any(g is not None for g in grids):
             start = time.perf_counter()
-            res = np.stack([np.clip(apply_constraint(r, d, m.jpeg_constraint), 0.0, 1.0)
-                            for r, d in zip(res, x, strict=True)])
+            res = np.stack([r if g is None else np.clip(project(r, d, g[1], m.jpeg_constraint, g[0]), 0.0, 1.0)
+                            for r, d, g in zip(res, x, grids, strict=True)])
             self.seconds += time.perf_counter() - start
         if alpha is not None:
             a = alpha if m.scale == 1 else np.stack([imresize(al, float(m.scale)) for al in alpha])
             res = np.concatenate([res, np.clip(a, 0.0, 1.0)], axis=-1)
         return res[..., 0] if grey else res
+
+    def _jpeg_grids(self, batch: np.ndarray) -> tuple[list, tuple[int, int]]:
+        """For a JPEG-aware model (``jpeg_constraint`` in its manifest): each image's JPEG grid and
+        table (:func:`find_grid`; ``None`` for an image that shows none), and the top and left padding
+        that puts a grid found off the corner, the same in every image of the batch, onto the model's."""
+        m = self.manifest
+        if m.jpeg_constraint is None or m.scale != 1:
+            return [None] * len(batch), (0, 0)
+        start = time.perf_counter()
+        grids = [find_grid(im) for im in batch]
+        self.seconds += time.perf_counter() - start
+        offsets = {g[0] if g is not None else None for g in grids}
+        if len(offsets) != 1 or None in offsets:
+            return grids, (0, 0)
+        dy, dx = offsets.pop()
+        return grids, ((-dy) % m.align, (-dx) % m.align)
 
     # -- frames ----------------------------------------------------------------------------------
     def restore_frames(self, frames: Iterable[np.ndarray], *, sigma: float | None = None,

@@ -10,10 +10,10 @@ little inside the edge (``shrink``; strictly, only the plain projection, shrink 
 
 The models stay blind: the table is estimated from the decoded pixels themselves
 (:func:`estimate_table`), where the coefficients of the luma's blocks sit on the lattice ``k·q`` up to
-the decoder's rounding. An image that was never a JPEG, or was cropped off the 8×8 grid, shows no
-lattice, and then nothing is changed. Only the luma is constrained: with chroma subsampling the
-decoder's chroma upsampling hides the chroma lattice, and a change added equally to R, G and B
-changes Y alone.
+the decoder's rounding. A JPEG cropped afterwards has its grid elsewhere than at the top-left corner
+(:func:`find_grid`); an image that was never a JPEG, or was resized after it, shows no lattice, and
+then nothing is changed. Only the luma is constrained: with chroma subsampling the decoder's chroma
+upsampling hides the chroma lattice, and a change added equally to R, G and B changes Y alone.
 
 >>> table = estimate_table(decoded)                               # doctest: +SKIP
 >>> fixed = apply_constraint(restored, decoded, shrink=0.1)       # doctest: +SKIP
@@ -45,6 +45,7 @@ _FIT = 0.95        # share of them that must lie on the lattice
 _MIN_ENTRIES = 3   # measured entries needed to call an image a JPEG
 _STRIP = 64        # block rows worked on at a time (bounded memory on large images)
 _MAX_SAMPLES = 200  # enough: a step needs at most 30 (_CHANCE)
+_CROP = 512        # side of the crop on which an off-corner grid is confirmed
 MAX_SHRINK = 0.49  # the interval shrink may not close an interval
 
 
@@ -150,13 +151,19 @@ def _decoded_blocks(decoded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return coefs, usable
 
 
-def _table(coefs: np.ndarray, usable: np.ndarray, min_entries: int) -> np.ndarray | None:
+def _measure(coefs: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    """The lattice step of each of the 64 frequencies (0 where none can be trusted)."""
     # a flat block's pixels all round the same way, which moves its DC up to 4 off the lattice
     flat = np.all(np.abs(coefs.reshape(*coefs.shape[:2], -1)[..., 1:]) < 1e-3, axis=-1)
-    if not (usable & ~flat).any():
-        return None
     samples = coefs[usable & ~flat]  # (N, 8, 8)
-    table = np.array([[_lattice_step(samples[:, u, v]) for v in range(BLOCK)] for u in range(BLOCK)])
+    if not len(samples):
+        return np.zeros((BLOCK, BLOCK), np.int64)
+    return np.array([[_lattice_step(samples[:, u, v]) for v in range(BLOCK)] for u in range(BLOCK)])
+
+
+def _complete(table: np.ndarray, min_entries: int) -> np.ndarray | None:
+    """The measured steps as a table, ``None`` if fewer than ``min_entries``; completed where they are
+    an IJG table."""
     known = table > 0
     if known.sum() < min_entries:
         return None
@@ -181,7 +188,7 @@ def estimate_table(decoded: np.ndarray, *, min_entries: int = _MIN_ENTRIES) -> n
     table (libjpeg's tables scaled by quality, as nearly all software writes): all of them within
     ±1 and at least three quarters exactly.
     """
-    return _table(*_decoded_blocks(decoded), min_entries)
+    return _complete(_measure(*_decoded_blocks(decoded)), min_entries)
 
 
 def _project(restored: np.ndarray, coefs: np.ndarray, usable: np.ndarray, table: np.ndarray,
@@ -207,23 +214,83 @@ def _check(restored: np.ndarray, decoded: np.ndarray, shrink: float) -> None:
         raise InputError(f"restored {restored.shape} and decoded {decoded.shape} differ in shape")
 
 
-def project(restored: np.ndarray, decoded: np.ndarray, table: np.ndarray, shrink: float = 0.0) -> np.ndarray:
+def _boundary_steps(plane: np.ndarray, axis: int) -> np.ndarray:
+    """Mean absolute step across the pixel boundaries before each phase 0–7 along ``axis``: a JPEG's
+    block boundaries (its grid's phase) have the largest."""
+    steps = np.abs(np.diff(plane, axis=axis)).mean(axis=1 - axis)
+    phase = (np.arange(steps.size) + 1) % BLOCK
+    return np.array([steps[phase == p].mean() for p in range(BLOCK)])
+
+
+def _central_crop(image: np.ndarray, offset: tuple[int, int]) -> np.ndarray:
+    """At most ``_CROP`` pixels a side from the middle of ``image``, starting on the grid at ``offset``."""
+    (dy, dx), (h, w) = offset, image.shape[:2]
+    top = dy + max(0, (h - dy - _CROP) // 2) // BLOCK * BLOCK
+    left = dx + max(0, (w - dx - _CROP) // 2) // BLOCK * BLOCK
+    return image[top:top + _CROP, left:left + _CROP]
+
+
+def _grid(decoded: np.ndarray) -> tuple[tuple[int, int], np.ndarray, tuple[np.ndarray, np.ndarray] | None] | None:
+    """:func:`find_grid`, with the decoded blocks when they were computed on the way (grid at the corner)."""
+    y = luma(decoded)
+    phases = [np.argsort(_boundary_steps(y, axis))[::-1][:2] if y.shape[axis] > 4 * BLOCK else np.zeros(1, int)
+              for axis in (0, 1)]
+    if phases[0][0] == 0 and phases[1][0] == 0:  # the block boundaries are where a corner grid puts them
+        blocks = _decoded_blocks(decoded)
+        table = _complete(_measure(*blocks), _MIN_ENTRIES)
+        return None if table is None else ((0, 0), table, blocks)
+    # elsewhere: the corner and the two strongest phases on each axis, compared by how many of the 64
+    # frequencies show a lattice on a central crop starting on each one's grid (a grid half a block
+    # off can show a few by chance; the true one shows the most)
+    candidates = dict.fromkeys([(0, 0)] + [(int(r), int(c)) for r in phases[0] for c in phases[1]])
+    measured = {o: _measure(*_decoded_blocks(_central_crop(decoded, o))) for o in candidates}
+    offset = max(measured, key=lambda o: int((measured[o] > 0).sum()))
+    table = _complete(measured[offset], _MIN_ENTRIES)
+    return None if table is None else (offset, table, None)
+
+
+def find_grid(decoded: np.ndarray) -> tuple[tuple[int, int], np.ndarray] | None:
+    """Where a decoded JPEG's 8×8 grid starts, ``(dy, dx)`` in 0–7, and its luma table (as
+    :func:`estimate_table`); ``None`` when there is none.
+
+    Most images are on the grid from the top-left corner. A JPEG cropped afterwards (a screenshot,
+    an edit saved without recompression) has it elsewhere: there the largest steps between pixels
+    fall on the block boundaries. When they are not where a corner grid puts them, the two strongest
+    phases per axis and the corner are the candidates, and the one whose central crop shows the
+    lattice in the most frequencies wins.
+    """
+    grid = _grid(decoded)
+    return None if grid is None else grid[:2]
+
+
+def project(restored: np.ndarray, decoded: np.ndarray, table: np.ndarray, shrink: float = 0.0,
+            offset: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Clip the luma DCT coefficients of ``restored`` into the quantisation intervals of ``decoded``.
 
-    Both are float images in [0, 1] of the same shape (grey or RGB). ``shrink`` (0 to ``MAX_SHRINK``)
-    narrows every interval by that fraction of its step on each side: a restoration whose coefficient
-    falls outside its interval is more likely to belong somewhat inside the edge than on it. Blocks
-    with clipped pixels, the partial blocks at the right and bottom edges and unknown table entries
-    (0) are left alone. The luma change is added to every channel, which leaves the chroma as it was.
+    Both are float images in [0, 1] of the same shape (grey or RGB), with the 8×8 grid starting at
+    ``offset`` ``(dy, dx)``. ``shrink`` (0 to ``MAX_SHRINK``) narrows every interval by that fraction
+    of its step on each side: a restoration whose coefficient falls outside its interval is more
+    likely to belong somewhat inside the edge than on it. Blocks with clipped pixels, partial blocks
+    at the edges and unknown table entries (0) are left alone. The luma change is added to every
+    channel, which leaves the chroma as it was.
     """
     _check(restored, decoded, shrink)
-    return _project(restored, *_decoded_blocks(decoded), table, shrink)
+    return _project_at(restored, decoded, table, shrink, offset, None)
+
+
+def _project_at(restored: np.ndarray, decoded: np.ndarray, table: np.ndarray, shrink: float,
+                offset: tuple[int, int], blocks: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    dy, dx = offset
+    if (dy, dx) == (0, 0):
+        return _project(restored, *(blocks or _decoded_blocks(decoded)), table, shrink)
+    res = np.array(restored, dtype=np.float32, copy=True)
+    res[dy:, dx:] = _project(restored[dy:, dx:], *_decoded_blocks(decoded[dy:, dx:]), table, shrink)
+    return res
 
 
 def apply_constraint(restored: np.ndarray, decoded: np.ndarray, shrink: float = 0.0) -> np.ndarray:
-    """:func:`project` ``restored`` with the table :func:`estimate_table` finds in ``decoded``; unchanged
-    when it finds none."""
+    """:func:`project` ``restored`` with the grid and table :func:`find_grid` finds in ``decoded``;
+    unchanged when it finds none."""
     _check(restored, decoded, shrink)
-    coefs, usable = _decoded_blocks(decoded)
-    table = _table(coefs, usable, _MIN_ENTRIES)
-    return restored if table is None else _project(restored, coefs, usable, table, shrink)
+    grid = _grid(decoded)
+    return restored if grid is None else _project_at(restored, decoded, grid[1], shrink, grid[0], grid[2])

@@ -12,7 +12,15 @@ from PIL import Image
 from restore_app.core.color import rgb_to_ycbcr
 from restore_app.core.degrade import gaussian_blur, jpeg_compress
 from restore_app.core.errors import InputError
-from restore_app.core.quantization import apply_constraint, block_dct, block_idct, estimate_table, ijg_table, project
+from restore_app.core.quantization import (
+    apply_constraint,
+    block_dct,
+    block_idct,
+    estimate_table,
+    find_grid,
+    ijg_table,
+    project,
+)
 
 
 def _jpeg(img: np.ndarray, quality: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,6 +74,29 @@ def test_estimate_table_finds_nothing_where_there_is_no_lattice(coffee):
     decoded = jpeg_compress(coffee[:200, :304], 30).astype(np.float32) / 255
     assert estimate_table(decoded[3:, 5:]) is None  # cropped off the 8×8 grid
     assert estimate_table(cv2.resize(decoded, None, fx=1.5, fy=1.5, interpolation=cv2.INTER_CUBIC)) is None
+
+
+@pytest.mark.parametrize("quality", [10, 40])
+def test_find_grid_locates_a_jpeg_cropped_off_its_grid(astronaut, coffee, quality):
+    """A JPEG cropped by (dy, dx) has its 8×8 grid starting at ((8 − dy) % 8, (8 − dx) % 8). Half a
+    block off (4 pixels), areas of flat blocks show a lattice at the corner too; the true grid must
+    still win. The projection then works on that grid: closer to the original, the cropped-away rows
+    and columns of partial blocks untouched."""
+    for img in (astronaut[..., 0], coffee):
+        decoded = jpeg_compress(img, quality)
+        for dy, dx in ((0, 0), (0, 4), (3, 0), (5, 2)):
+            found = find_grid(decoded[dy:, dx:].astype(np.float32) / 255)
+            assert found is not None and found[0] == ((8 - dy) % 8, (8 - dx) % 8), (img.shape, dy, dx)
+            np.testing.assert_array_equal(found[1], ijg_table(quality))
+    clean, dec = astronaut[3:256, 5:256, 0], jpeg_compress(astronaut[:256, :256, 0], 20)[3:, 5:]
+    dec = dec.astype(np.float32) / 255
+    restored = gaussian_blur(dec, 1.0)
+    offset, table = find_grid(dec)
+    fixed = project(restored, dec, table, 0.0, offset)
+    target = clean.astype(np.float64) / 255
+    assert _psnr(fixed, target) > _psnr(restored, target) + 0.5
+    np.testing.assert_array_equal(fixed[:offset[0]], restored[:offset[0]])
+    np.testing.assert_array_equal(fixed[:, :offset[1]], restored[:, :offset[1]])
 
 
 def test_estimate_table_reads_a_camera_jpeg_and_not_h264_frames(datasets, astronaut, tmp_path):
