@@ -154,7 +154,7 @@ def _decoded_blocks(decoded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _measure(coefs: np.ndarray, usable: np.ndarray) -> np.ndarray:
     """The lattice step of each of the 64 frequencies (0 where none can be trusted)."""
     # a flat block's pixels all round the same way, which moves its DC up to 4 off the lattice
-    flat = np.all(np.abs(coefs.reshape(*coefs.shape[:2], -1)[..., 1:]) < 1e-3, axis=-1)
+    flat = np.all(np.abs(coefs.reshape(*coefs.shape[:2], BLOCK * BLOCK)[..., 1:]) < 1e-3, axis=-1)
     samples = coefs[usable & ~flat]  # (N, 8, 8)
     if not len(samples):
         return np.zeros((BLOCK, BLOCK), np.int64)

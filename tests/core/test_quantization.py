@@ -157,3 +157,11 @@ def test_apply_constraint_leaves_images_that_are_not_jpegs_alone(coffee, rng):
     assert apply_constraint(restored, clean, 0.15) is restored
     with pytest.raises(InputError, match="differ in shape"):
         apply_constraint(restored[:64], jpeg_compress(clean, 20), 0.15)
+
+
+@pytest.mark.parametrize("shape", [(2, 2), (5, 5, 3), (7, 30, 3), (1, 64, 3), (64, 1, 3), (8, 8, 3), (17, 9, 1)])
+def test_images_smaller_than_the_search_are_left_alone(shape, rng):
+    """Images with no whole block, or too small to look for a grid, pass through unchanged."""
+    x = rng.random(shape).astype(np.float32)
+    assert find_grid(x) is None
+    assert apply_constraint(x, x, 0.15) is x
