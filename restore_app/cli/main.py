@@ -19,7 +19,8 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     g.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="compute precision (auto: the fastest the model was validated at)")
-    g.add_argument("--tile", type=int, default=512, help="tile size in pixels; 0 = whole image at once")
+    g.add_argument("--tile", type=int, default=1024,
+                   help="tile size in pixels; 0 = whole image at once (video models cap it: see their manifest)")
     g.add_argument("--overlap", type=int, default=None, help="tile context in pixels (default: the model's)")
     g.add_argument("--batch", type=int, default=4, help="video frames per forward pass")
     # the choices are engine.ENSEMBLE_MODES, written out so that --help does not import torch

@@ -221,7 +221,7 @@ class EngineConfig:
 
     device: str = "auto"
     precision: str = "auto"
-    tile: int = 512
+    tile: int = 1024
     overlap: int | None = None
     batch: int = 4
     clip_length: int = 32
@@ -267,11 +267,14 @@ class Engine:
         return module
 
     def run(self, fn: TensorFn, x: torch.Tensor, *, scale: int = 1, align: int = 1,
-            overlap: int = 16, tileable: bool = True, precision: str = "fp32",
+            overlap: int = 16, tileable: bool = True, max_tile: int = 0, precision: str = "fp32",
             progress: ProgressCallback | None = None,
             cancel: CancelToken | None = None) -> torch.Tensor:
-        """Run ``fn`` on ``x`` (any device), tiled if ``tileable``; returns float32 on the CPU."""
+        """Run ``fn`` on ``x`` (any device), tiled if ``tileable`` (tiles of ``config.tile``, at most
+        ``max_tile`` when that is set); returns float32 on the CPU."""
         tile = self.config.tile if tileable else 0
+        if max_tile and (tile == 0 or tile > max_tile):
+            tile = max_tile
         ctx = self.config.overlap if self.config.overlap is not None else overlap
 
         def step(t: torch.Tensor) -> torch.Tensor:

@@ -94,7 +94,7 @@ class Restorer:
         start = time.perf_counter()
         try:
             out = self.engine.run(fn, x_in, scale=m.scale, align=m.align, overlap=m.overlap,
-                                  tileable=m.tileable, precision=self.precision,
+                                  tileable=m.tileable, max_tile=m.max_tile, precision=self.precision,
                                   progress=progress, cancel=cancel)
         finally:
             self.seconds += time.perf_counter() - start

@@ -62,7 +62,9 @@ class ModelManifest:
     ``jpeg_constraint`` (JPEG models) turns on the quantisation constraint of
     :mod:`restore_app.core.quantization` after the model, with that interval ``shrink`` (0–0.49).
     ``keep_samples`` (``cfa`` models): when the mosaic is declared noise-free (σ = 0), the result
-    keeps its samples exactly where they were measured.
+    keeps its samples exactly where they were measured. ``max_tile`` caps the engine's tile size for
+    this model (0: no cap), for models whose memory grows faster with the tile (clip models hold a
+    whole chunk of frames per tile).
     """
 
     id: str
@@ -85,6 +87,7 @@ class ModelManifest:
     ensemble_full: tuple[str, ...] = ()
     jpeg_constraint: float | None = None
     keep_samples: bool = False
+    max_tile: int = 0
     clip_context: int = 6  # clip models: frames of context on each side of a chunk
     params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     weights: str | None = None
@@ -167,10 +170,10 @@ def parse_manifest(data: Mapping[str, Any], root: Path | None = None,
         if key in d:
             expect(key, isinstance(d[key], bool), "true or false")
     expect("channels", all(c in (1, 3) for c in d.get("channels", (3,))), "a list of 1 and/or 3")
-    for key in ("scale", "overlap", "align", "clip_context"):
+    for key in ("scale", "overlap", "align", "clip_context", "max_tile"):
         if key in d:
-            expect(key, isinstance(d[key], int) and d[key] >= (0 if key in ("overlap", "clip_context") else 1),
-                   "a positive integer")
+            expect(key, isinstance(d[key], int) and not isinstance(d[key], bool)
+                   and d[key] >= (0 if key in ("overlap", "clip_context", "max_tile") else 1), "a positive integer")
     for key in ("params", "metrics"):
         if key in d:
             expect(key, isinstance(d[key], dict), "a table")

@@ -20,7 +20,7 @@ MAX_RECENT = 10
 class Settings:
     device: str = "auto"
     precision: str = "auto"
-    tile: int = 512
+    tile: int = 1024
     ensemble: str = "on"  # self-ensemble: "off" (one pass), "on" (model's default), "full" (best, slowest)
     jpeg_constraint: bool = True  # JPEG models: correct with the quantisation table found in the input
     theme: str = "system"

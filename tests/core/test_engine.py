@@ -169,6 +169,17 @@ def test_engine_run_returns_cpu_float32_and_frames_keep_order():
         next(stream)
 
 
+def test_a_models_max_tile_caps_the_engine_tile():
+    """A model's ``max_tile`` caps the engine's tile (video models hold a chunk of frames per tile),
+    also when the engine runs whole images; without it the engine's own tile applies."""
+    x = torch.rand(1, 3, 200, 120)
+    for tile, max_tile, expected in ((1024, 64, 4 * 2), (0, 64, 4 * 2), (1024, 0, 1), (64, 512, 4 * 2)):
+        calls = []
+        Engine(EngineConfig(device="cpu", tile=tile)).run(lambda t: t, x, max_tile=max_tile,
+                                                          progress=lambda d, n, c=calls: c.append(n))
+        assert calls[-1] == expected, (tile, max_tile)
+
+
 def test_engine_config_validation():
     with pytest.raises(InputError, match="tile must be 0"):
         EngineConfig(tile=8)

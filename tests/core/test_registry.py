@@ -58,6 +58,8 @@ def test_unknown_id_lists_known_ones():
     ({"ensemble": ["rot45"]}, "ensemble must be"),
     ({"ensemble_full": ["flip"]}, "ensemble_full must be"),
     ({"jpeg_constraint": 0.5}, "jpeg_constraint must be"),
+    ({"max_tile": -1}, "max_tile must be"),
+    ({"max_tile": True}, "max_tile must be"),
     ({"jpeg_constraint": -0.1}, "jpeg_constraint must be"),
     ({"jpeg_constraint": True}, "jpeg_constraint must be"),
     ({"jpeg_constraint": "0.1"}, "jpeg_constraint must be"),

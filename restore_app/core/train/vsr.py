@@ -100,6 +100,7 @@ def manifest_fields(cfg: VSRTrainConfig) -> dict:
         "task": "vsr", "name": f"{names[cfg.arch]} ×{cfg.scale}",
         "architecture": "recurrent_vsr" if cfg.arch == "recurrent_vsr" else "brcn", "params": params,
         "input": "clip", "channels": [cfg.channels], "scale": cfg.scale, "overlap": 16, "clip_context": 6,
+        "max_tile": 512,  # a tile holds a whole chunk of frames: 2.5 GB peak at 512 (CARD.md)
         "precisions": ["fp32", "bf16", "fp16"], "license": "MIT",
         "training_data": "clips synthesised from BSDS500 train+val (BIDS/BSDS500 a04b7c6) photos with random "
                          "camera motion, less the validation hold-out",
