@@ -230,25 +230,6 @@ def _central_crop(image: np.ndarray, offset: tuple[int, int]) -> np.ndarray:
     return image[top:top + _CROP, left:left + _CROP]
 
 
-def _grid(decoded: np.ndarray) -> tuple[tuple[int, int], np.ndarray, tuple[np.ndarray, np.ndarray] | None] | None:
-    """:func:`find_grid`, with the decoded blocks when they were computed on the way (grid at the corner)."""
-    y = luma(decoded)
-    phases = [np.argsort(_boundary_steps(y, axis))[::-1][:2] if y.shape[axis] > 4 * BLOCK else np.zeros(1, int)
-              for axis in (0, 1)]
-    if phases[0][0] == 0 and phases[1][0] == 0:  # the block boundaries are where a corner grid puts them
-        blocks = _decoded_blocks(decoded)
-        table = _complete(_measure(*blocks), _MIN_ENTRIES)
-        return None if table is None else ((0, 0), table, blocks)
-    # elsewhere: the corner and the two strongest phases on each axis, compared by how many of the 64
-    # frequencies show a lattice on a central crop starting on each one's grid (a grid half a block
-    # off can show a few by chance; the true one shows the most)
-    candidates = dict.fromkeys([(0, 0)] + [(int(r), int(c)) for r in phases[0] for c in phases[1]])
-    measured = {o: _measure(*_decoded_blocks(_central_crop(decoded, o))) for o in candidates}
-    offset = max(measured, key=lambda o: int((measured[o] > 0).sum()))
-    table = _complete(measured[offset], _MIN_ENTRIES)
-    return None if table is None else (offset, table, None)
-
-
 def find_grid(decoded: np.ndarray) -> tuple[tuple[int, int], np.ndarray] | None:
     """Where a decoded JPEG's 8×8 grid starts, ``(dy, dx)`` in 0–7, and its luma table (as
     :func:`estimate_table`); ``None`` when there is none.
@@ -259,8 +240,20 @@ def find_grid(decoded: np.ndarray) -> tuple[tuple[int, int], np.ndarray] | None:
     phases per axis and the corner are the candidates, and the one whose central crop shows the
     lattice in the most frequencies wins.
     """
-    grid = _grid(decoded)
-    return None if grid is None else grid[:2]
+    y = luma(decoded)
+    phases = [np.argsort(_boundary_steps(y, axis))[::-1][:2] if y.shape[axis] > 4 * BLOCK else np.zeros(1, int)
+              for axis in (0, 1)]
+    if phases[0][0] == 0 and phases[1][0] == 0:  # the block boundaries are where a corner grid puts them
+        table = estimate_table(decoded)
+        return None if table is None else ((0, 0), table)
+    # elsewhere: the corner and the two strongest phases on each axis, compared by how many of the 64
+    # frequencies show a lattice on a central crop starting on each one's grid (a grid half a block
+    # off can show a few by chance; the true one shows the most)
+    candidates = dict.fromkeys([(0, 0)] + [(int(r), int(c)) for r in phases[0] for c in phases[1]])
+    measured = {o: _measure(*_decoded_blocks(_central_crop(decoded, o))) for o in candidates}
+    offset = max(measured, key=lambda o: int((measured[o] > 0).sum()))
+    table = _complete(measured[offset], _MIN_ENTRIES)
+    return None if table is None else (offset, table)
 
 
 def project(restored: np.ndarray, decoded: np.ndarray, table: np.ndarray, shrink: float = 0.0,
@@ -275,14 +268,7 @@ def project(restored: np.ndarray, decoded: np.ndarray, table: np.ndarray, shrink
     channel, which leaves the chroma as it was.
     """
     _check(restored, decoded, shrink)
-    return _project_at(restored, decoded, table, shrink, offset, None)
-
-
-def _project_at(restored: np.ndarray, decoded: np.ndarray, table: np.ndarray, shrink: float,
-                offset: tuple[int, int], blocks: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
     dy, dx = offset
-    if (dy, dx) == (0, 0):
-        return _project(restored, *(blocks or _decoded_blocks(decoded)), table, shrink)
     res = np.array(restored, dtype=np.float32, copy=True)
     res[dy:, dx:] = _project(restored[dy:, dx:], *_decoded_blocks(decoded[dy:, dx:]), table, shrink)
     return res
@@ -292,5 +278,5 @@ def apply_constraint(restored: np.ndarray, decoded: np.ndarray, shrink: float = 
     """:func:`project` ``restored`` with the grid and table :func:`find_grid` finds in ``decoded``;
     unchanged when it finds none."""
     _check(restored, decoded, shrink)
-    grid = _grid(decoded)
-    return restored if grid is None else _project_at(restored, decoded, grid[1], shrink, grid[0], grid[2])
+    grid = find_grid(decoded)
+    return restored if grid is None else project(restored, decoded, grid[1], shrink, grid[0])
