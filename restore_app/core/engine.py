@@ -36,6 +36,8 @@ def ensemble_mode(value: str | bool) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     return check_choice(value, ENSEMBLE_MODES, "ensemble")
+
+
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 TensorFn = Callable[[torch.Tensor], torch.Tensor]

@@ -46,6 +46,7 @@ _MIN_ENTRIES = 3   # measured entries needed to call an image a JPEG
 _STRIP = 64        # block rows worked on at a time (bounded memory on large images)
 _MAX_SAMPLES = 200  # enough: a step needs at most 30 (_CHANCE)
 _CROP = 512        # side of the crop on which an off-corner grid is confirmed
+_SPREAD_BLOCKS = 8192  # blocks a corner grid is measured on
 MAX_SHRINK = 0.49  # the interval shrink may not close an interval
 
 
@@ -222,6 +223,15 @@ def _boundary_steps(plane: np.ndarray, axis: int) -> np.ndarray:
     return np.array([steps[phase == p].mean() for p in range(BLOCK)])
 
 
+def _block_rows(image: np.ndarray) -> np.ndarray:
+    """Every n-th row of 8×8 blocks of ``image``, stacked, so that about ``_SPREAD_BLOCKS`` blocks remain."""
+    rows = image.shape[0] // BLOCK
+    step = max(1, -(-rows * (image.shape[1] // BLOCK) // _SPREAD_BLOCKS))
+    if step == 1:
+        return image
+    return np.concatenate([image[r * BLOCK:(r + 1) * BLOCK] for r in range(0, rows, step)])
+
+
 def _central_crop(image: np.ndarray, offset: tuple[int, int]) -> np.ndarray:
     """At most ``_CROP`` pixels a side from the middle of ``image``, starting on the grid at ``offset``."""
     (dy, dx), (h, w) = offset, image.shape[:2]
@@ -244,7 +254,9 @@ def find_grid(decoded: np.ndarray) -> tuple[tuple[int, int], np.ndarray] | None:
     phases = [np.argsort(_boundary_steps(y, axis))[::-1][:2] if y.shape[axis] > 4 * BLOCK else np.zeros(1, int)
               for axis in (0, 1)]
     if phases[0][0] == 0 and phases[1][0] == 0:  # the block boundaries are where a corner grid puts them
-        table = estimate_table(decoded)
+        # measured on block rows spread over the image: samples enough, while :func:`project`
+        # transforms the whole image once
+        table = estimate_table(_block_rows(decoded))
         return None if table is None else ((0, 0), table)
     # elsewhere: the corner and the two strongest phases on each axis, compared by how many of the 64
     # frequencies show a lattice on a central crop starting on each one's grid (a grid half a block
