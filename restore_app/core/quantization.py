@@ -14,6 +14,8 @@ the decoder's rounding. A JPEG cropped afterwards has its grid elsewhere than at
 (:func:`find_grid`); an image that was never a JPEG, or was resized after it, shows no lattice, and
 then nothing is changed. Only the luma is constrained: with chroma subsampling the decoder's chroma
 upsampling hides the chroma lattice, and a change added equally to R, G and B changes Y alone.
+Training can go through the same clipping (:func:`intervals` with the encoder's own table, then the
+differentiable :func:`clip_tensor`), so that the loss sees what the engine will give.
 
 >>> table = estimate_table(decoded)                               # doctest: +SKIP
 >>> fixed = apply_constraint(restored, decoded, shrink=0.1)       # doctest: +SKIP
@@ -24,6 +26,8 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from restore_app.core.checks import check_range
 from restore_app.core.errors import InputError
@@ -192,19 +196,25 @@ def estimate_table(decoded: np.ndarray, *, min_entries: int = _MIN_ENTRIES) -> n
     return _complete(_measure(*_decoded_blocks(decoded)), min_entries)
 
 
+def _bounds(coefs: np.ndarray, usable: np.ndarray, table: np.ndarray, shrink: float) -> tuple[np.ndarray, np.ndarray]:
+    """The narrowed quantisation interval ``(lo, hi)`` of each coefficient of ``coefs`` ``(Hb, Wb, 8, 8)``;
+    unbounded (±inf) in unusable blocks and at unknown table entries (0)."""
+    q = np.asarray(table, dtype=np.float32)
+    known = (q > 0) & usable[:, :, None, None]
+    qs = np.where(q > 0, q, np.float32(1.0))
+    k = np.rint(coefs / qs)
+    inf = np.float32(np.inf)
+    return (np.where(known, (k - 0.5 + shrink) * qs, -inf).astype(np.float32),
+            np.where(known, (k + 0.5 - shrink) * qs, inf).astype(np.float32))
+
+
 def _project(restored: np.ndarray, coefs: np.ndarray, usable: np.ndarray, table: np.ndarray,
              shrink: float) -> np.ndarray:
-    q = np.asarray(table, dtype=np.float32)
-    known = q > 0
-    qs = np.where(known, q, np.float32(1.0))
     res = np.array(restored, dtype=np.float32, copy=True)
     for rows in _strips(usable.shape[0]):
         region = _pixels(rows, usable.shape[1])
-        k = np.rint(coefs[rows] / qs)
         out = block_dct(luma(restored[region]))
-        lo, hi = (k - 0.5 + shrink) * qs, (k + 0.5 - shrink) * qs
-        change = np.where(known & usable[rows, :, None, None], np.clip(out, lo, hi) - out, np.float32(0.0))
-        delta = block_idct(change) / np.float32(255.0)
+        delta = block_idct(np.clip(out, *_bounds(coefs[rows], usable[rows], table, shrink)) - out) / np.float32(255.0)
         res[region] += delta if res.ndim == 2 else delta[..., None]
     return res
 
@@ -292,3 +302,35 @@ def apply_constraint(restored: np.ndarray, decoded: np.ndarray, shrink: float = 
     _check(restored, decoded, shrink)
     grid = find_grid(decoded)
     return restored if grid is None else project(restored, decoded, grid[1], shrink, grid[0])
+
+
+def intervals(decoded: np.ndarray, table: np.ndarray, shrink: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """The narrowed quantisation interval ``(lo, hi)`` of every luma coefficient of ``decoded`` (grid at
+    the corner, whole blocks), each ``(H // 8, W // 8, 8, 8)`` float32, ±inf where :func:`project`
+    leaves a coefficient alone: what training through the constraint (:func:`clip_tensor`) needs."""
+    check_range(shrink, 0.0, MAX_SHRINK, "shrink")
+    return _bounds(*_decoded_blocks(decoded), table, shrink)
+
+
+def clip_tensor(restored: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """:func:`project` as a differentiable torch function, for training through the constraint.
+
+    ``restored`` ``(B, C, H, W)`` (C = 1 grey or 3 RGB, values in [0, 1]); ``lo`` and ``hi``
+    ``(B, H // 8, W // 8, 8, 8)`` from :func:`intervals` (grid at the corner). The gradient passes
+    through the coefficients left inside their intervals.
+    """
+    with torch.autocast(restored.device.type, enabled=False):  # coefficients of up to ±1024 need fp32
+        return _clip_tensor(restored.float(), lo.float(), hi.float())
+
+
+def _clip_tensor(restored: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    b, c = restored.shape[:2]
+    hb, wb = lo.shape[1:3]
+    h, w = hb * BLOCK, wb * BLOCK
+    weights = restored.new_tensor(JFIF_LUMA if c == 3 else [1.0]) * 255.0
+    y = torch.einsum("bchw,c->bhw", restored[:, :, :h, :w], weights) - 128.0
+    m = torch.from_numpy(_dct_matrix()).to(restored)
+    coefs = y.reshape(b, hb, BLOCK, wb, BLOCK).transpose(2, 3).reshape(b, hb, wb, BLOCK * BLOCK) @ m.T
+    change = torch.clamp(coefs, lo.reshape(coefs.shape), hi.reshape(coefs.shape)) - coefs
+    delta = (change @ m).reshape(b, hb, wb, BLOCK, BLOCK).transpose(2, 3).reshape(b, 1, h, w) / 255.0
+    return restored + F.pad(delta, (0, restored.shape[-1] - w, 0, restored.shape[-2] - h))

@@ -99,3 +99,33 @@ def test_grey_specialist_trains_and_validates_on_grey(tmp_path, jpeg_task):
         assert torch.allclose(again.model(x.expand(1, 3, -1, -1)), grey(x).expand(1, 3, -1, -1), atol=1e-5)
     colour = task.model.state_dict()
     assert again.init_state(colour) is colour  # three-channel weights are used as they are
+
+
+def test_training_through_the_constraint(tmp_path, jpeg_task):
+    """``train_constraint``: batches carry each patch's quantisation intervals (from the quality it was
+    last compressed at), the loss sees the constrained output, and a short run trains and validates."""
+    from restore_app.core.quantization import block_dct, ijg_table
+    from restore_app.core.train.loop import train
+
+    cfg = JpegTrainConfig(data=jpeg_task.cfg.data, val_holdout=1, patch=64, widths="16,16,16",
+                          blocks="1,1,1", grey_prob=0.5, double_prob=0.5, train_constraint=True,
+                          q_min=20, q_max=20, out=tmp_path / "run", iterations=4, batch=3, val_every=4,
+                          log_every=2, warmup=1, precision="fp32", device="cpu")
+    task = JpegTask(cfg)
+    x, y, lo, hi = task.batch(np.random.default_rng(1), 3)
+    assert lo.shape == hi.shape == (3, 8, 8, 8, 8)
+    # the decoded input's own coefficients lie inside the (narrowed) intervals of quality 20
+    coefs = torch.from_numpy(np.stack([block_dct(np.rint(t.numpy().transpose(1, 2, 0) @ [76.245, 149.685, 29.07]))
+                                       for t in x]))
+    q = torch.from_numpy(ijg_table(20)).float()
+    finite = torch.isfinite(lo)
+    assert finite.float().mean() > 0.5
+    assert bool(((coefs - lo)[finite] >= -1.5).all() and ((hi - coefs)[finite] >= -1.5).all())
+    assert torch.allclose((hi - lo)[finite], (0.7 * q).expand_as(hi)[finite])
+    # the loss sees the constrained output (of a network whose correction is not near zero)
+    with torch.no_grad():
+        task.model.tail.weight.normal_(std=0.05)
+    pred = task.predict(task.model, x, lo, hi)
+    assert pred.shape == x.shape and not torch.equal(pred, task.model(x))
+    result = train(task, cfg, log=lambda _: None)
+    assert result.iterations == 4 and np.isfinite(result.best_score)

@@ -7,6 +7,7 @@ import io
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from restore_app.core.color import rgb_to_ycbcr
@@ -16,9 +17,11 @@ from restore_app.core.quantization import (
     apply_constraint,
     block_dct,
     block_idct,
+    clip_tensor,
     estimate_table,
     find_grid,
     ijg_table,
+    intervals,
     project,
 )
 
@@ -165,3 +168,27 @@ def test_images_smaller_than_the_search_are_left_alone(shape, rng):
     x = rng.random(shape).astype(np.float32)
     assert find_grid(x) is None
     assert apply_constraint(x, x, 0.15) is x
+
+
+@pytest.mark.parametrize("grey", [True, False])
+def test_torch_clip_is_the_projection_and_passes_gradients(coffee, grey):
+    """Training through the constraint uses :func:`clip_tensor`; it must give what the engine's
+    :func:`project` gives (edges of a size that is no multiple of 8 included), under bf16 autocast
+    too, and let the gradient through where coefficients lie inside their intervals."""
+    img = coffee[:83, :130].mean(axis=2).astype(np.uint8) if grey else coffee[:83, :130]
+    decoded, table = _jpeg(img, 25)
+    dec = decoded.astype(np.float32) / 255
+    restored = gaussian_blur(dec, 1.0)
+    want = project(restored, dec, table, 0.15)
+    lo, hi = (torch.from_numpy(b)[None] for b in intervals(dec, table, 0.15))
+    assert lo.shape == (1, 10, 16, 8, 8) and bool((lo < hi).all())
+    x = torch.from_numpy(restored[None, None] if grey else restored.transpose(2, 0, 1)[None].copy())
+    x.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = clip_tensor(x, lo, hi)
+    assert got.dtype == torch.float32
+    got_np = got[0, 0].detach().numpy() if grey else got[0].detach().numpy().transpose(1, 2, 0)
+    np.testing.assert_allclose(got_np, want, atol=2e-6)
+    assert np.abs(want - restored).max() > 1 / 255  # the projection did change something
+    got.sum().backward()
+    assert torch.isfinite(x.grad).all() and float(x.grad.abs().sum()) > 0

@@ -9,7 +9,10 @@ score is their mean PSNR. ``downscale = 2`` shrinks training and validation phot
 bicubic), which removes the 8×8 traces of the camera's own JPEG from the targets. With
 ``grey_prob = 1`` the model is a grey specialist (fine-tuned from the blind colour model, for
 greyscale files): it is trained with R = G = B, validated and exported as the one-channel network,
-in grey at quality 10, 30 and 90.
+in grey at quality 10, 30 and 90. ``train_constraint`` trains through the quantisation constraint
+the engine applies after the network (:mod:`restore_app.core.quantization`, with the manifests'
+shrink and the encoder's own table): the loss sees the output with its luma coefficients clipped into
+their intervals, so the network is not asked to fix what the constraint will.
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ from restore_app.core.engine import Engine, EngineConfig
 from restore_app.core.evaluate import list_images
 from restore_app.core.metrics import psnr
 from restore_app.core.pipeline import Restorer
+from restore_app.core.quantization import clip_tensor, ijg_table, intervals
 from restore_app.core.registry import LoadedModel, parse_manifest
 from restore_app.core.train.data import PatchSampler, bsds_train_val, image_files, load_images
 from restore_app.core.train.loop import TrainConfig, export_model
+
+JPEG_CONSTRAINT = 0.15  # the shipped models' interval shrink (manifest ``jpeg_constraint``)
 
 
 @dataclass
@@ -44,6 +50,7 @@ class JpegTrainConfig(TrainConfig):
     grey_prob: float = 0.25
     double_prob: float = 0.2
     downscale: int = 1  # 2: shrink the photos first, so the camera's own JPEG traces leave the targets
+    train_constraint: bool = False  # the loss sees the output after the quantisation constraint
     widths: str = "48,96,128"
     blocks: str = "1,2,3"
 
@@ -80,7 +87,7 @@ def _colour_manifest(cfg: JpegTrainConfig) -> dict:
         # self-ensembles chosen on validation (CARD.md): a 180° turn by default, the four flips for "full"
         "ensemble": ["rot180"], "ensemble_full": ["fliplr", "flipud", "rot180"],
         # the quantisation constraint's interval shrink, chosen on validation (CARD.md)
-        "jpeg_constraint": 0.15,
+        "jpeg_constraint": JPEG_CONSTRAINT,
         "align": 8, "overlap": 64, "precisions": ["fp32", "bf16", "fp16"],
         "license": "MIT",
         "training_data": "BSDS500 train+val (BIDS/BSDS500 a04b7c6)"
@@ -102,7 +109,9 @@ class JpegTask:
         self.val_images = [np.rint(im * 255).astype(np.uint8) for im in load_images(held_out, cfg.downscale)]
         self.model = self._network()
 
-    def _sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def _sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+        """``(degraded, clean, quality)``: the pair and the quality of the last compression, whose grid
+        is at the patch's corner."""
         p = self.cfg.patch
         big = np.rint(self.sampler(rng) * 255).astype(np.uint8)
         if rng.random() < self.cfg.grey_prob:
@@ -112,19 +121,36 @@ class JpegTask:
             first = jpeg_compress(big, quality())
             dy, dx = rng.integers(0, 8, size=2)
             clean = big[dy:dy + p, dx:dx + p]
-            degraded = jpeg_compress(np.ascontiguousarray(first[dy:dy + p, dx:dx + p]), quality())
+            last = quality()
+            degraded = jpeg_compress(np.ascontiguousarray(first[dy:dy + p, dx:dx + p]), last)
         else:
             clean = np.ascontiguousarray(big[:p, :p])
-            degraded = jpeg_compress(clean, quality())
+            last = quality()
+            degraded = jpeg_compress(clean, last)
         if clean.ndim == 2:
             clean, degraded = np.repeat(clean[..., None], 3, axis=2), np.repeat(degraded[..., None], 3, axis=2)
-        return degraded, clean
+        return degraded, clean, last
 
-    def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = [self._sample(rng) for _ in range(size)]
-        x = np.stack([d for d, _ in pairs]).astype(np.float32) / 255.0
-        y = np.stack([c for _, c in pairs]).astype(np.float32) / 255.0
-        return torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(y).permute(0, 3, 1, 2)
+    def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, ...]:
+        """``(inputs, targets)``, and with ``train_constraint`` the quantisation intervals ``(lo, hi)``."""
+        samples = [self._sample(rng) for _ in range(size)]
+        x = np.stack([d for d, _, _ in samples]).astype(np.float32) / 255.0
+        y = np.stack([c for _, c, _ in samples]).astype(np.float32) / 255.0
+        pair = (torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(y).permute(0, 3, 1, 2))
+        if not self.cfg.train_constraint:
+            return pair
+        bounds = [intervals(d, ijg_table(q), JPEG_CONSTRAINT) for d, (_, _, q) in zip(x, samples, strict=True)]
+        return (*pair, *(torch.from_numpy(np.stack(b)) for b in zip(*bounds, strict=True)))
+
+    def predict(self, model: JpegUNet, inputs: torch.Tensor, *bounds: torch.Tensor) -> torch.Tensor:
+        """The output the loss sees: with ``bounds`` (``train_constraint``), after the constraint; a
+        grey specialist's is its shipped output, the mean over R, G and B (:func:`grey_state`)."""
+        out = model(inputs)
+        if not bounds:
+            return out
+        if self.cfg.grey_only:
+            return clip_tensor(out.mean(1, keepdim=True), *bounds).expand(-1, out.shape[1], -1, -1)
+        return clip_tensor(out, *bounds)
 
     def _network(self) -> JpegUNet:
         """The (three-channel) network this config trains."""

@@ -79,13 +79,15 @@ class Task(Protocol):
 
     model: nn.Module
 
-    def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(inputs, targets)`` on the CPU."""
+    def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, ...]:
+        """``(inputs, targets)`` on the CPU, optionally followed by further tensors the task's
+        ``predict`` takes after the inputs."""
 
     def validate(self, model: nn.Module, device: torch.device, precision: str) -> dict[str, float]:
         """Scores on held-out data; must contain ``"score"`` (higher is better)."""
 
-    # optional: ``predict(model, inputs)`` when the model's output needs reshaping for the loss, and
+    # optional: ``predict(model, inputs, *extra)`` when the model's output needs reshaping for the loss
+    # (``extra``: what ``batch`` returned after the targets), and
     # ``loss(pred, targets)`` for a task with a loss of its own
 
 
@@ -173,13 +175,14 @@ def train(task: Task, cfg: TrainConfig, *, log: Callable[[str], None] = print,
         check_cancel(cancel)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
-        inputs, targets = task.batch(rng, cfg.batch)
+        inputs, targets, *extra = task.batch(rng, cfg.batch)
         inputs = inputs.to(device, non_blocking=True)
         if device.type == "cpu" and inputs.ndim == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)
+        extra = [t.to(device, non_blocking=True) for t in extra]
         with autocast:
-            pred = predict(model, inputs)
+            pred = predict(model, inputs, *extra)
         loss = loss_fn(pred.float(), targets)
         if not torch.isfinite(loss):
             raise RuntimeError(f"loss became {loss.item()} at step {step}; lower the learning rate")
