@@ -99,16 +99,10 @@ def instances_from_maps(maps: np.ndarray, cut_level: int = 3, min_area: int = 8)
     from skimage.segmentation import watershed
 
     grown = watershed(-level, markers=cores, mask=fg)
-    sizes = np.bincount(grown.ravel())
-    small = sizes < min_area
-    small[0] = False
-    grown[small[grown]] = 0
-    # renumber 1..N
-    ids = np.unique(grown)
-    ids = ids[ids > 0]
-    lut = np.zeros(int(grown.max()) + 1, np.int32)
-    lut[ids] = np.arange(1, ids.size + 1)
-    return lut[grown]
+    # fragments under min_area dropped and the rest renumbered 1..N, in one lookup
+    keep = np.bincount(grown.ravel()) >= min_area
+    keep[0] = False
+    return np.where(keep, np.cumsum(keep), 0).astype(np.int32)[grown]
 
 
 def instance_table(labels: np.ndarray, image: np.ndarray | None = None) -> list[dict]:
