@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -239,9 +240,16 @@ def export_model(weights: Path | dict[str, torch.Tensor], folder: Path, manifest
     ``weights.safetensors`` with a manifest and its sha256.
 
     The manifest's values are written as TOML; ``CARD.md`` is left for the author (it needs the
-    measured table), but a stub is created if missing so the folder is complete.
+    measured table), but a stub is created if missing so the folder is complete. Re-exporting into a
+    folder keeps its manifest's ``default`` mark (where the model stands in the zoo, not a property of
+    the weights); its ``metrics`` are dropped, as they measured the weights being replaced.
     """
     folder.mkdir(parents=True, exist_ok=True)
+    old = folder / "manifest.toml"
+    if "default" not in manifest and old.is_file():
+        with contextlib.suppress(OSError, tomllib.TOMLDecodeError), open(old, "rb") as fh:
+            if (mark := tomllib.load(fh).get("default")) is not None:
+                manifest = {**manifest, "default": mark}
     target = folder / "weights.safetensors"
     state = weights if isinstance(weights, dict) else load_file(str(weights))
     with atomic_output(target) as tmp:

@@ -83,6 +83,13 @@ def test_export_then_load_through_the_registry(tmp_path, tiny_data):
     assert manifest.id == "my-dm" and manifest.sha256 and manifest.conditioning == ("sigma",)
     model = Registry(paths=[(tmp_path / "zoo", "test")], entry_points=False).load("my-dm")
     assert model.weights_sha256 == manifest.sha256
+    # exported again (new weights), the folder keeps its place in the zoo but not the old metrics
+    text = (folder / "manifest.toml").read_text()
+    (folder / "manifest.toml").write_text(text + 'default = true\n\n[metrics]\n"x.psnr" = 30.0\n')
+    assert read_manifest(folder).default
+    export_model(cfg.out / "last.safetensors", folder, {**manifest_fields(cfg), "id": "my-dm"})
+    again = read_manifest(folder)
+    assert again.default and not again.metrics
 
 
 def test_config_validation_and_schedule():
