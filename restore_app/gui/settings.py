@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from restore_app.core.checks import check_choice, check_range
-from restore_app.core.engine import ensemble_mode
+from restore_app.core.engine import EngineConfig, ensemble_mode
 from restore_app.core.errors import InputError
 from restore_app.core.io.atomic import atomic_output
 from restore_app.core.paths import user_config_dir
@@ -18,11 +18,12 @@ MAX_RECENT = 10
 
 @dataclass
 class Settings:
-    device: str = "auto"
-    precision: str = "auto"
-    tile: int = 1024
-    ensemble: str = "on"  # self-ensemble: "off" (one pass), "on" (model's default), "full" (best, slowest)
-    jpeg_constraint: bool = True  # JPEG models: correct with the quantisation table found in the input
+    # the engine's settings start at the engine's own defaults
+    device: str = EngineConfig.device
+    precision: str = EngineConfig.precision
+    tile: int = EngineConfig.tile
+    ensemble: str = EngineConfig.ensemble  # "off" (one pass), "on" (model's default), "full" (best, slowest)
+    jpeg_constraint: bool = EngineConfig.jpeg_constraint  # JPEG models: the quantisation constraint
     theme: str = "system"
     recent: list[str] = field(default_factory=list)
     last_folder: str = ""
