@@ -88,8 +88,12 @@ def resolve_precision(requested: str, device: torch.device,
     """The precision to run at: an explicit request is checked, ``auto`` picks the fastest safe one.
 
     ``supported`` is what the model was validated at (its manifest). fp16 is never used on the CPU.
+    A model whose only precision is ``int8`` (8-bit by construction, :mod:`restore_app.core.int8`)
+    runs as it is whatever is requested: the setting chooses among float precisions.
     """
     check_choice(requested, PRECISIONS, "precision")
+    if tuple(supported) == ("int8",):
+        return "int8"
     if requested == "auto":
         if device.type in ("cuda", "mps") and "fp16" in supported:
             if device.type == "cuda" and "bf16" in supported and torch.cuda.is_bf16_supported():
@@ -106,8 +110,8 @@ def resolve_precision(requested: str, device: torch.device,
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast context for ``precision`` on ``device`` (a no-op for fp32)."""
-    if precision == "fp32":
+    """Autocast context for ``precision`` on ``device`` (a no-op for fp32 and int8)."""
+    if precision in ("fp32", "int8"):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
 

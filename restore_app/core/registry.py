@@ -39,7 +39,7 @@ MANIFEST_NAME = "manifest.toml"
 TASKS = ("demosaic", "jpeg", "vsr", "segment")
 INPUT_KINDS = ("cfa", "rgb", "clip")
 OUTPUT_KINDS = ("image", "labels")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # int8: the model is 8-bit by construction, and only that
 # test-time transforms a self-ensemble may use: the 7 symmetries of the square besides the identity
 ENSEMBLE_TRANSFORMS = ("transpose", "rot180", "fliplr", "flipud", "rot90", "rot270", "antitranspose")
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -160,6 +160,8 @@ def parse_manifest(data: Mapping[str, Any], root: Path | None = None,
             d[key] = tuple(d[key])
     expect("precisions", set(d.get("precisions", ("fp32",))) <= set(PRECISIONS),
            f"a list of {', '.join(PRECISIONS)}")
+    expect("precisions", "int8" not in d.get("precisions", ()) or tuple(d["precisions"]) == ("int8",),
+           "[\"int8\"] alone for an int8 model (it has no float precisions to choose from)")
     for key in ("ensemble", "ensemble_full"):
         expect(key, set(d.get(key, ())) <= set(ENSEMBLE_TRANSFORMS), f"a list of {', '.join(ENSEMBLE_TRANSFORMS)}")
     if d.get("jpeg_constraint") is not None:

@@ -168,3 +168,4 @@ def test_launcher_sets_malloc_tunables(monkeypatch):
         info = json.loads(restore("info", "--json").stdout)
         assert info["malloc_tunables"] is True
         assert info["threads"] >= 1 and info["device"] in ("cpu", "cuda", "mps")
+        assert isinstance(info["cpu_int8"], bool)

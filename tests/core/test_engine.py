@@ -57,6 +57,9 @@ def test_resolve_precision():
     assert resolve_precision("auto", torch.device("cuda"), ("fp32", "fp16")) == "fp16"
     with pytest.raises(InputError, match="precision must be one of"):
         resolve_precision("int8", cpu)
+    # an int8 model runs as it is, whatever float precision is asked for
+    for requested in ("auto", "fp32", "bf16"):
+        assert resolve_precision(requested, cpu, ("int8",)) == "int8"
 
 
 @pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="reads the CPU flags from Linux's /proc/cpuinfo")

@@ -129,3 +129,127 @@ def test_training_through_the_constraint(tmp_path, jpeg_task):
     assert pred.shape == x.shape and not torch.equal(pred, task.model(x))
     result = train(task, cfg, log=lambda _: None)
     assert result.iterations == 4 and np.isfinite(result.best_score)
+
+
+int8 = pytest.importorskip("restore_app.core.int8")
+needs_int8 = pytest.mark.skipif(not int8.available(), reason="this PyTorch has no oneDNN quantised engine")
+
+
+def test_sub_pixel_up_is_the_transposed_convolution():
+    from restore_app.core.archs.jpeg_unet import SubPixelUp
+
+    torch.manual_seed(0)
+    t = torch.nn.ConvTranspose2d(8, 5, 2, stride=2)
+    x = torch.rand(2, 8, 5, 7)
+    with torch.no_grad():
+        assert torch.allclose(SubPixelUp.from_transpose(t)(x), t(x), atol=1e-6)
+
+
+def _smooth(shape, seed=0):
+    """Image-like input: blurred noise, whose activations resemble a photo's more than white noise's."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(shape, generator=g)
+    return torch.nn.functional.avg_pool2d(x, 5, stride=1, padding=2, count_include_pad=False)
+
+
+def _trained_pair(channels=1):
+    """A float JpegUNet with a non-trivial correction, and the int8 network started from it, its
+    quantiser ranges set by a few batches in training mode."""
+    from restore_app.core.archs.jpeg_unet import JpegUNetInt8
+
+    torch.manual_seed(1)
+    net = JpegUNet(widths=(16, 32, 32), blocks=(1, 1, 1), channels=channels)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    q = JpegUNetInt8(widths=(16, 32, 32), blocks=(1, 1, 1), channels=channels)
+    q.load_float_state(net.state_dict())
+    q.train()
+    with torch.no_grad():
+        for seed in range(4):
+            q(_smooth((2, channels, 64, 64), seed))
+    return net.eval(), q.eval()
+
+
+@needs_int8
+def test_int8_network_follows_the_float_one_and_runs_int8_kernels():
+    net, q = _trained_pair()
+    x = _smooth((1, 1, 70, 93), 9)  # not a multiple of 8
+    with torch.inference_mode():
+        ref, out = net(x), q(x)
+        sim = q.qat(torch.nn.functional.pad(x, (0, 3, 0, 2), mode="reflect"))
+    assert out.shape == x.shape
+    err = float(((out - ref) ** 2).mean())
+    corr = float(((ref - x) ** 2).mean())
+    assert 0 < err < 0.01 * corr  # the int8 output differs, by far less than the correction itself
+    # the fake-quantised graph that trains is what the int8 graph computes
+    with torch.no_grad():  # the graph converted under inference mode serves outside it too
+        real = q.int8_graph()(torch.nn.functional.pad(x, (0, 3, 0, 2), mode="reflect"))
+    assert float(((sim - real) ** 2).mean()) < 0.1 * corr
+    kinds = {type(m).__module__ for m in q.int8_graph().modules()}
+    assert any(k.startswith("torch.ao.nn.intrinsic.quantized") for k in kinds)  # fused int8 conv + add
+    assert any(k.startswith("torch.ao.nn.quantized") for k in kinds)
+
+
+@needs_int8
+def test_int8_weights_round_trip_through_a_model_folder(tmp_path):
+    from restore_app.core.registry import Registry
+    from restore_app.core.train.loop import export_model
+
+    _, q = _trained_pair(channels=3)
+    export_model(q.state_dict(), tmp_path / "zoo" / "tiny-int8",
+                 {"id": "tiny-int8", "task": "jpeg", "name": "t", "architecture": "jpeg_unet_int8",
+                  "params": {"widths": [16, 32, 32], "blocks": [1, 1, 1], "channels": 3}, "input": "rgb",
+                  "align": 8, "license": "MIT", "training_data": "none"})
+    loaded = Registry(paths=[(tmp_path / "zoo", "test")], entry_points=False).load("tiny-int8").module
+    x = _smooth((1, 3, 48, 40), 5)
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), q(x))
+        # the engine's channels-last layout gives the same result
+        assert torch.allclose(loaded.to(memory_format=torch.channels_last)(
+            x.contiguous(memory_format=torch.channels_last)), q(x), atol=1e-6)
+
+
+@needs_int8
+def test_int8_training_starts_from_float_weights_and_exports(tmp_path, jpeg_task):
+    """``restore train jpeg --int8`` for a grey specialist: starts from the float model's weights,
+    trains the one-channel network through the constraint, and exports a loadable int8 model."""
+    from safetensors.torch import save_file
+
+    from restore_app.core.registry import Registry, read_manifest
+    from restore_app.core.train.jpeg import manifest_fields
+    from restore_app.core.train.loop import train
+
+    base = JpegUNet(widths=(16, 16, 16), blocks=(1, 1, 1), channels=1)
+    with torch.no_grad():
+        base.tail.weight.normal_(std=0.05)
+    save_file(base.state_dict(), str(tmp_path / "float.safetensors"))
+    cfg = JpegTrainConfig(data=jpeg_task.cfg.data, val_holdout=1, patch=64, widths="16,16,16", blocks="1,1,1",
+                          grey_prob=1.0, train_constraint=True, int8=True, init=tmp_path / "float.safetensors",
+                          out=tmp_path / "run", iterations=3, batch=2, val_every=3, log_every=1, warmup=1,
+                          device="cpu")
+    assert cfg.precision == "fp32"
+    with pytest.raises(InputError):
+        JpegTrainConfig(int8=True, precision="bf16")
+    task = JpegTask(cfg)
+    assert task.model.channels == 1
+    # --init with float weights: the same network, with quantiser ranges set by the first batches
+    from safetensors.torch import load_file
+
+    start = JpegTask(cfg).model
+    start.load_state_dict(task.init_state(load_file(str(cfg.init))))
+    x = _smooth((1, 1, 40, 48))
+    with torch.no_grad():
+        start.train()(_smooth((2, 1, 64, 64), 3))
+        out, ref = start.eval()(x), base.eval()(x)
+    assert float(((out - ref) ** 2).mean()) < 0.05 * float(((ref - x) ** 2).mean())
+    result = train(task, cfg, log=lambda _: None)
+    assert result.iterations == 3 and np.isfinite(result.best_score)
+    fields = manifest_fields(cfg)
+    assert fields["id"] == "restore-jpeg-grey-int8" and fields["architecture"] == "jpeg_unet_int8"
+    folder = task.export(cfg.out, tmp_path / "zoo" / "grey-int8")
+    assert read_manifest(folder).channels == (1,)
+    model = Registry(paths=[(tmp_path / "zoo", "test")], entry_points=False).load("grey-int8").module
+    task.model.load_state_dict(load_file(str(cfg.out / "best.safetensors")))
+    with torch.inference_mode():
+        assert torch.equal(model(x), task.model.eval()(x))

@@ -217,3 +217,30 @@ def test_jpeg_model_restores_a_jpeg_cropped_off_its_grid():
     assert ours > psnr(clean, _u8(unaware.restore_image(crop)), 255.0) + 0.2
     whole = _u8(product.restore_image(jpg.astype(np.float32) / 255))[1:, 7:]
     assert ours > psnr(clean, whole, 255.0) - 0.05
+
+
+INT8_JPEG = [m.id for m in default_registry().manifests("jpeg") if m.architecture == "jpeg_unet_int8"]
+
+
+@pytest.mark.parametrize("model_id", INT8_JPEG)
+def test_int8_jpeg_models_restore_almost_as_well_as_their_float_models(model_id):
+    """The int8 JPEG models (8-bit weights and activations) against the fp32 models they were trained
+    from, one pass each: within 0.1 dB, far above the input at quality 10, not below it at 90."""
+    from restore_app.core import int8
+
+    if not int8.available():
+        pytest.skip("this PyTorch has no oneDNN quantised engine")
+    grey = model_id.startswith("restore-jpeg-grey")
+    img = np.rint(_photo() * 255).astype(np.uint8)
+    img = img[..., 1] if grey else img
+
+    def run(mid: str, jpg: np.ndarray) -> float:
+        engine = Engine(EngineConfig(device="cpu", precision="fp32", tile=0, ensemble="off"))
+        return psnr(img, _u8(Restorer(default_registry().load(mid), engine).restore_image(jpg)), 255.0)
+
+    for quality in (10, 40, 90):
+        jpg = jpeg_compress(img, quality)
+        ours = run(model_id, jpg.astype(np.float32) / 255)
+        ref = run(model_id.removesuffix("-int8"), jpg.astype(np.float32) / 255)
+        assert abs(ours - ref) < 0.1, (quality, ours, ref)
+        assert ours - psnr(img, jpg, 255.0) > (1.0 if quality == 10 else 0.0), quality

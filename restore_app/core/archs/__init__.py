@@ -15,6 +15,7 @@ ARCHITECTURES: dict[str, str] = {
     "he_watershed": "restore_app.core.archs.he_watershed:HEWatershed",
     "demosaic_net": "restore_app.core.archs.demosaic_net:DemosaicNet",
     "jpeg_unet": "restore_app.core.archs.jpeg_unet:JpegUNet",
+    "jpeg_unet_int8": "restore_app.core.archs.jpeg_unet:JpegUNetInt8",
     "brcn": "restore_app.core.archs.brcn:BRCN",
     "recurrent_vsr": "restore_app.core.archs.vsr_net:RecurrentVSR",
     "dwt_net": "restore_app.core.archs.dwt_net:DWTNet",

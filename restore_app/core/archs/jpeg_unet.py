@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from restore_app.core import int8
 from restore_app.core.archs.demosaic_net import ResidualBlock
 from restore_app.core.checks import check_tensor
 
@@ -62,13 +63,18 @@ class JpegUNet(nn.Module):
         h, w = x.shape[-2:]
         ph, pw = (-h) % 8, (-w) % 8
         xp = F.pad(x, (0, pw, 0, ph), mode="reflect") if ph or pw else x
-        f1 = self.enc1(F.relu(self.head(F.pixel_unshuffle(xp, 2))))
-        f2 = self.enc2(F.relu(self.down2(f1)))
-        f3 = self.mid(F.relu(self.down3(f2)))
-        g2 = self.dec2(F.relu(self.up3(f3)) + f2)
-        g1 = self.dec1(F.relu(self.up2(g2)) + f1)
-        out = xp + F.pixel_shuffle(self.tail(g1), 2)
-        return out[..., :h, :w]
+        return (xp + _correction(self, xp))[..., :h, :w]
+
+
+def _correction(net: nn.Module, xp: torch.Tensor) -> torch.Tensor:
+    """The network's correction to its (padded) input: the layers of :class:`JpegUNet`, shared by
+    its int8 form, which holds the same layers."""
+    f1 = net.enc1(F.relu(net.head(F.pixel_unshuffle(xp, 2))))
+    f2 = net.enc2(F.relu(net.down2(f1)))
+    f3 = net.mid(F.relu(net.down3(f2)))
+    g2 = net.dec2(F.relu(net.up3(f3)) + f2)
+    g1 = net.dec1(F.relu(net.up2(g2)) + f1)
+    return F.pixel_shuffle(net.tail(g1), 2)
 
 
 def grey_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -101,3 +107,109 @@ def colour_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out["tail.weight"] = state["tail.weight"].repeat(3, 1, 1, 1)
     out["tail.bias"] = state["tail.bias"].repeat(3)
     return out
+
+
+class SubPixelUp(nn.Module):
+    """×2 up-sampling by a 1×1 convolution to four times the channels and a pixel shuffle: the same map
+    as a 2×2, stride-2 transposed convolution, in the form int8 backends quantise per channel (their
+    transposed convolutions take one weight scale for all channels, which cost 1 dB here)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, 4 * cout, 1)
+
+    @classmethod
+    def from_transpose(cls, t: nn.ConvTranspose2d) -> SubPixelUp:
+        """The same map as ``t`` (2×2 kernel, stride 2): output channel ``o`` at sub-pixel ``(a, b)`` is
+        the convolution's channel ``4 o + 2 a + b``, as :func:`torch.nn.functional.pixel_shuffle` orders them."""
+        cin, cout = t.weight.shape[:2]
+        up = cls(cin, cout)
+        with torch.no_grad():
+            up.conv.weight.copy_(t.weight.permute(1, 2, 3, 0).reshape(4 * cout, cin, 1, 1))
+            up.conv.bias.copy_(t.bias.repeat_interleave(4))
+        return up
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # channels-last like the rest of the graph: int8 adds of mixed layouts take a slow path (20×)
+        return F.pixel_shuffle(self.conv(x), 2).contiguous(memory_format=torch.channels_last)
+
+
+class _Layers(nn.Module):
+    """A :class:`JpegUNet`'s layers, up-sampling by :class:`SubPixelUp`; its forward (the correction,
+    without padding and the residual) is what is quantised."""
+
+    def __init__(self, net: JpegUNet) -> None:
+        super().__init__()
+        for name, child in net.named_children():
+            setattr(self, name, SubPixelUp.from_transpose(child) if isinstance(child, nn.ConvTranspose2d) else child)
+
+    def forward(self, xp: torch.Tensor) -> torch.Tensor:
+        return _correction(self, xp)
+
+
+class JpegUNetInt8(nn.Module):
+    """:class:`JpegUNet` with 8-bit weights and activations (:mod:`restore_app.core.int8`).
+
+    Holds the fake-quantised graph (``qat``) that trains by quantisation-aware training and runs in
+    float on any device; in eval mode on the CPU the forward runs the int8 graph converted from it (and
+    cached until the weights or the mode change). The last convolution and the residual addition to
+    the image stay fp32. :meth:`load_float_state` starts it from a trained :class:`JpegUNet`.
+
+    >>> net = JpegUNetInt8(widths=(16, 16, 16), blocks=(1, 1, 1), channels=1).eval()
+    >>> net(torch.rand(1, 1, 30, 41)).shape
+    torch.Size([1, 1, 30, 41])
+    """
+
+    def __init__(self, widths: tuple[int, int, int] = (48, 96, 128),
+                 blocks: tuple[int, int, int] = (1, 2, 3), channels: int = 3) -> None:
+        super().__init__()
+        self.widths, self.blocks, self.channels = tuple(widths), tuple(blocks), channels
+        self.learn_ranges = True  # in training mode the quantisers follow the activations' ranges
+        self.qat = int8.prepare(_Layers(JpegUNet(widths, blocks, channels)), torch.rand(1, channels, 16, 16),
+                                keep_float=("tail",))
+        with torch.no_grad():  # gives the per-channel quantisers their shapes, which saved weights have
+            self.qat(torch.rand(1, channels, 16, 16))
+        self.__dict__["_int8"] = None  # the converted graph: not a child, so .to() and state_dict skip it
+        self.register_load_state_dict_post_hook(lambda module, keys: module._drop_int8())
+
+    def _drop_int8(self) -> None:
+        self.__dict__["_int8"] = None
+
+    def train(self, mode: bool = True) -> JpegUNetInt8:
+        super().train(mode)
+        int8.freeze_ranges(self.qat, frozen=not (mode and self.learn_ranges))
+        self._drop_int8()  # the weights may change in training; a later eval converts them again
+        return self
+
+    def load_float_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Take the weights of a trained :class:`JpegUNet` (same widths, blocks and channels); the
+        quantisers' ranges start afresh from the next batch seen in training mode."""
+        net = JpegUNet(self.widths, self.blocks, self.channels)
+        net.load_state_dict(state)
+        # the quantised graph holds the same parameters in the same order, some renamed by fusion
+        # (``enc1.0.conv2.weight`` is ``enc1.0.conv2.0.weight`` once fused with its addition)
+        source, target = list(_Layers(net).parameters()), list(self.qat.parameters())
+        if [p.shape for p in source] != [p.shape for p in target]:
+            raise ValueError("the quantised graph's parameters do not match JpegUNet's")
+        with torch.no_grad():
+            for value, own in zip(source, target, strict=True):
+                own.copy_(value)
+        for module in self.qat.modules():
+            if hasattr(module, "reset_min_max_vals"):
+                module.reset_min_max_vals()
+        self._drop_int8()
+
+    def int8_graph(self) -> nn.Module:
+        """The int8 CPU graph of the current weights and ranges (converted once, then cached)."""
+        if self.__dict__["_int8"] is None:
+            self.__dict__["_int8"] = int8.convert(self.qat)
+        return self.__dict__["_int8"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_tensor(x, "input", ndim=4, channels=self.channels)
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % 8, (-w) % 8
+        xp = F.pad(x, (0, pw, 0, ph), mode="reflect") if ph or pw else x
+        real = not self.training and x.device.type == "cpu" and x.dtype == torch.float32 and int8.available()
+        layers = self.int8_graph() if real else self.qat
+        return (xp + layers(xp))[..., :h, :w]

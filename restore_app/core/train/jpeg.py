@@ -12,7 +12,9 @@ greyscale files): it is trained with R = G = B, validated and exported as the on
 in grey at quality 10, 30 and 90. ``train_constraint`` trains through the quantisation constraint
 the engine applies after the network (:mod:`restore_app.core.quantization`, with the manifests'
 shrink and the encoder's own table): the loss sees the output with its luma coefficients clipped into
-their intervals, so the network is not asked to fix what the constraint will.
+their intervals, so the network is not asked to fix what the constraint will. ``int8`` trains the
+int8 form of the network (:class:`~restore_app.core.archs.jpeg_unet.JpegUNetInt8`, quantisation-aware
+training) from ``--init`` fp32 weights; it exports as ``<id>-int8``.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from restore_app.core.archs.jpeg_unet import JpegUNet, colour_state, grey_state
+from restore_app.core.archs.jpeg_unet import JpegUNet, JpegUNetInt8, colour_state, grey_state
 from restore_app.core.color import rgb_to_y
 from restore_app.core.degrade import jpeg_compress
 from restore_app.core.engine import Engine, EngineConfig
+from restore_app.core.errors import InputError
 from restore_app.core.evaluate import list_images
 from restore_app.core.metrics import psnr
 from restore_app.core.pipeline import Restorer
@@ -53,10 +56,16 @@ class JpegTrainConfig(TrainConfig):
     train_constraint: bool = False  # the loss sees the output after the quantisation constraint
     widths: str = "48,96,128"
     blocks: str = "1,2,3"
+    int8: bool = False  # quantisation-aware training of the int8 network (start it with --init fp32 weights)
+    freeze_ranges: bool = False  # int8: keep the quantisers' ranges as --init has them
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.data = tuple(Path(d) for d in self.data)
+        if self.int8:  # fake quantisers want fp32 activations
+            if self.precision not in ("auto", "fp32"):
+                raise InputError(f"int8 training runs in fp32; got precision {self.precision!r}")
+            self.precision = "fp32"
 
     @property
     def grey_only(self) -> bool:
@@ -69,6 +78,17 @@ class JpegTrainConfig(TrainConfig):
 
 
 def manifest_fields(cfg: JpegTrainConfig) -> dict:
+    fields = _float_manifest_fields(cfg)
+    if not cfg.int8:
+        return fields
+    return {**fields, "id": fields["id"] + "-int8", "name": fields["name"].replace("(blind", "(int8, blind"),
+            "description": fields["description"] + " 8-bit weights and activations, trained for them: about "
+                                                   "twice as fast as the fp32 model on CPUs with VNNI or AMX "
+                                                   "int8 instructions.",
+            "architecture": "jpeg_unet_int8", "precisions": ["int8"]}
+
+
+def _float_manifest_fields(cfg: JpegTrainConfig) -> dict:
     if cfg.grey_only:  # trained as R = G = B, shipped as the one-channel network (see ``grey_state``)
         return {**_colour_manifest(cfg), "id": "restore-jpeg-grey",
                 "name": "Restore JPEG artifact removal (blind, greyscale)",
@@ -142,9 +162,13 @@ class JpegTask:
         bounds = [intervals(d, ijg_table(q), JPEG_CONSTRAINT) for d, (_, _, q) in zip(x, samples, strict=True)]
         return (*pair, *(torch.from_numpy(np.stack(b)) for b in zip(*bounds, strict=True)))
 
-    def predict(self, model: JpegUNet, inputs: torch.Tensor, *bounds: torch.Tensor) -> torch.Tensor:
+    def predict(self, model: JpegUNet | JpegUNetInt8, inputs: torch.Tensor, *bounds: torch.Tensor) -> torch.Tensor:
         """The output the loss sees: with ``bounds`` (``train_constraint``), after the constraint; a
-        grey specialist's is its shipped output, the mean over R, G and B (:func:`grey_state`)."""
+        grey specialist's is its shipped output, the mean over R, G and B (:func:`grey_state`), or an
+        int8 one's (a one-channel network) output on one of the equal channels."""
+        if self.cfg.int8 and self.cfg.grey_only:
+            out = model(inputs[:, :1])
+            return (clip_tensor(out, *bounds) if bounds else out).expand(-1, inputs.shape[1], -1, -1)
         out = model(inputs)
         if not bounds:
             return out
@@ -152,13 +176,18 @@ class JpegTask:
             return clip_tensor(out.mean(1, keepdim=True), *bounds).expand(-1, out.shape[1], -1, -1)
         return clip_tensor(out, *bounds)
 
-    def _network(self) -> JpegUNet:
-        """The (three-channel) network this config trains."""
-        return JpegUNet(**{k: tuple(v) for k, v in self.cfg.arch_params.items()})
+    def _network(self) -> JpegUNet | JpegUNetInt8:
+        """The network this config trains: three-channel, or the shipped one-channel one for int8 grey."""
+        params = {k: tuple(v) for k, v in self.cfg.arch_params.items()}
+        if not self.cfg.int8:
+            return JpegUNet(**params)
+        net = JpegUNetInt8(**params, channels=1 if self.cfg.grey_only else 3)
+        net.learn_ranges = not self.cfg.freeze_ranges
+        return net
 
-    def shipped(self, model: JpegUNet) -> JpegUNet:
+    def shipped(self, model: JpegUNet | JpegUNetInt8) -> JpegUNet | JpegUNetInt8:
         """The network as exported: a grey specialist becomes one-channel (:func:`grey_state`)."""
-        if not self.cfg.grey_only:
+        if not self.cfg.grey_only or isinstance(model, JpegUNetInt8):
             return model
         grey = JpegUNet(widths=model.widths, blocks=model.blocks, channels=1).to(next(model.parameters()).device)
         grey.load_state_dict(grey_state(model.state_dict()))
@@ -167,7 +196,20 @@ class JpegTask:
     def init_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``--init`` weights for the three-channel training network; a one-channel (shipped grey) model's
         are expanded by :func:`colour_state`, which leaves its output on grey input unchanged."""
+        if self.cfg.int8:
+            return self._int8_state(state)
         return colour_state(state) if state["head.weight"].shape[1] == 4 else state
+
+    def _int8_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``--init`` weights for the int8 network: int8 weights as they are; fp32 ones (either channel
+        count) with fresh quantiser ranges, which the first training batches set."""
+        if any(k.startswith("qat.") for k in state):
+            return state
+        net = self._network()
+        if state["head.weight"].shape[1] != 4 * net.channels:
+            state = grey_state(state) if net.channels == 1 else colour_state(state)
+        net.load_float_state({k: v.cpu() for k, v in state.items()})
+        return net.state_dict()
 
     def export(self, run: Path, dest: Path) -> Path:
         """Write the run's best weights as the model folder ``dest``, as shipped."""

@@ -121,8 +121,23 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * min(1.0, t)))
 
 
+def _file_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict as safetensors stores it: on the CPU, floats as fp32, integer buffers kept, and
+    entries that share memory (one quantiser serving two places in an int8 graph) copied apart."""
+    out, seen = {}, set()
+    for key, value in state.items():
+        value = value.detach().cpu()
+        value = value.float() if value.is_floating_point() else value
+        ptr = value.untyped_storage().data_ptr()
+        if ptr and ptr in seen:
+            value = value.clone()
+        seen.add(ptr)
+        out[key] = value.contiguous()
+    return out
+
+
 def _save_weights(model: nn.Module, path: Path) -> None:
-    state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = _file_tensors(model.state_dict())
     with atomic_output(path) as tmp:
         save_file(state, str(tmp))
 
@@ -253,7 +268,7 @@ def export_model(weights: Path | dict[str, torch.Tensor], folder: Path, manifest
     target = folder / "weights.safetensors"
     state = weights if isinstance(weights, dict) else load_file(str(weights))
     with atomic_output(target) as tmp:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+        save_file(_file_tensors(state), str(tmp))
     digest = hashlib.sha256(target.read_bytes()).hexdigest()
     data = {**manifest, "weights": target.name, "sha256": digest}
     with atomic_output(folder / "manifest.toml") as tmp:
