@@ -145,6 +145,17 @@ def test_sub_pixel_up_is_the_transposed_convolution():
         assert torch.allclose(SubPixelUp.from_transpose(t)(x), t(x), atol=1e-6)
 
 
+@needs_int8
+@pytest.mark.filterwarnings("ignore:.*quantize_per_tensor:UserWarning")  # torch.ao's deprecation notice
+def test_channels_last_pixel_shuffle_is_pixel_shuffle():
+    x = torch.rand(2, 12, 5, 7).contiguous(memory_format=torch.channels_last)
+    for t in (x, torch.quantize_per_tensor(x, 0.01, 3, torch.quint8)):
+        out = int8.pixel_shuffle_channels_last(t, 2)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        ref = torch.pixel_shuffle(t, 2)
+        assert torch.equal(out.int_repr() if out.is_quantized else out, ref.int_repr() if ref.is_quantized else ref)
+
+
 def _smooth(shape, seed=0):
     """Image-like input: blurred noise, whose activations resemble a photo's more than white noise's."""
     g = torch.Generator().manual_seed(seed)
