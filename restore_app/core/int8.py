@@ -57,7 +57,7 @@ def _backend_config():
     return get_onednn_backend_config()
 
 
-def _qconfig_mapping(keep_float: Iterable[str]):
+def _qconfig_mapping(keep_float: Iterable[str], keep_float_calls: Iterable[tuple[str, object, int]] = ()):
     from torch.ao.quantization import FakeQuantize, QConfig, QConfigMapping
     from torch.ao.quantization.observer import MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
 
@@ -70,6 +70,8 @@ def _qconfig_mapping(keep_float: Iterable[str]):
     mapping = QConfigMapping().set_global(QConfig(activation=activation, weight=weight))
     for name in keep_float:
         mapping = mapping.set_module_name(name, None)
+    for module_name, function, index in keep_float_calls:
+        mapping = mapping.set_module_name_object_type_order(module_name, function, index, None)
     return mapping
 
 
@@ -96,14 +98,21 @@ def _fused_add_convs(model: nn.Module) -> list[nn.Conv2d]:
     return [m[0] for m in model.modules() if isinstance(m, ConvAdd2d | ConvAddReLU2d)]
 
 
-def prepare(core: nn.Module, example: torch.Tensor, keep_float: Iterable[str] = ()) -> nn.Module:
-    """The fake-quantised (training) graph of ``core``; it runs in float on any device."""
+def prepare(core: nn.Module, example: torch.Tensor, keep_float: Iterable[str] = (),
+            keep_float_calls: Iterable[tuple[str, object, int]] = ()) -> nn.Module:
+    """The fake-quantised (training) graph of ``core``; it runs in float on any device.
+
+    ``keep_float`` names submodules that stay fp32; ``keep_float_calls`` names function calls that do,
+    as ``(module name, function, index)``: the ``index``-th call of ``function`` in that module's own
+    code (``""`` for ``core``'s). Shape operations such as a pixel shuffle take their input's
+    quantisation, so one after a float layer needs naming too, or its float output is quantised.
+    """
     from torch.ao.quantization.quantize_fx import prepare_qat_fx
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notices
-        prepared = prepare_qat_fx(core.train(), _qconfig_mapping(keep_float), example_inputs=(example,),
-                                  backend_config=_backend_config())
+        prepared = prepare_qat_fx(core.train(), _qconfig_mapping(keep_float, keep_float_calls),
+                                  example_inputs=(example,), backend_config=_backend_config())
     for conv in _fused_add_convs(prepared):
         if type(conv) is nn.Conv2d:
             conv.__class__ = _WeightFakeQuantConv2d

@@ -197,6 +197,10 @@ def test_int8_network_follows_the_float_one_and_runs_int8_kernels():
     with torch.no_grad():  # the graph converted under inference mode serves outside it too
         real = q.int8_graph()(torch.nn.functional.pad(x, (0, 3, 0, 2), mode="reflect"))
     assert float(((sim - real) ** 2).mean()) < 0.1 * corr
+    # the correction leaves the fp32 last convolution through a float pixel shuffle, not rounded to 8 bits
+    result = next(n for n in q.int8_graph().graph.nodes if n.op == "output").args[0]
+    assert result.target is int8.pixel_shuffle_channels_last
+    assert result.args[0].op == "call_module" and result.args[0].target == "tail"
     kinds = {type(m).__module__ for m in q.int8_graph().modules()}
     assert any(k.startswith("torch.ao.nn.intrinsic.quantized") for k in kinds)  # fused int8 conv + add
     assert any(k.startswith("torch.ao.nn.quantized") for k in kinds)

@@ -165,8 +165,9 @@ class JpegUNetInt8(nn.Module):
         super().__init__()
         self.widths, self.blocks, self.channels = tuple(widths), tuple(blocks), channels
         self.learn_ranges = True  # in training mode the quantisers follow the activations' ranges
+        # the last convolution stays fp32, and so does the pixel shuffle of its output (the correction)
         self.qat = int8.prepare(_Layers(JpegUNet(widths, blocks, channels)), torch.rand(1, channels, 16, 16),
-                                keep_float=("tail",))
+                                keep_float=("tail",), keep_float_calls=(("", torch.pixel_shuffle, 0),))
         with torch.no_grad():  # gives the per-channel quantisers their shapes, which saved weights have
             self.qat(torch.rand(1, channels, 16, 16))
         self.__dict__["_int8"] = None  # the converted graph: not a child, so .to() and state_dict skip it

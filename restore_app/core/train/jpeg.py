@@ -203,9 +203,11 @@ class JpegTask:
     def _int8_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``--init`` weights for the int8 network: int8 weights as they are; fp32 ones (either channel
         count) with fresh quantiser ranges, which the first training batches set."""
-        if any(k.startswith("qat.") for k in state):
-            return state
         net = self._network()
+        if any(k.startswith("qat.") for k in state):
+            # weights saved before the last shuffle stayed fp32 have two more quantisers, unused now
+            own = net.state_dict()
+            return {k: v for k, v in state.items() if k in own or not k.startswith("qat.activation_post_process_")}
         if state["head.weight"].shape[1] != 4 * net.channels:
             state = grey_state(state) if net.channels == 1 else colour_state(state)
         net.load_float_state({k: v.cpu() for k, v in state.items()})
