@@ -152,8 +152,9 @@ class JpegUNetInt8(nn.Module):
 
     Holds the fake-quantised graph (``qat``) that trains by quantisation-aware training and runs in
     float on any device; in eval mode on the CPU the forward runs the int8 graph converted from it (and
-    cached until the weights or the mode change). The last convolution and the residual addition to
-    the image stay fp32. :meth:`load_float_state` starts it from a trained :class:`JpegUNet`.
+    cached until the weights or the mode change). The last convolution, the pixel shuffle of its
+    output and the residual addition to the image stay fp32. :meth:`load_float_state` starts it from
+    a trained :class:`JpegUNet`.
 
     >>> net = JpegUNetInt8(widths=(16, 16, 16), blocks=(1, 1, 1), channels=1).eval()
     >>> net(torch.rand(1, 1, 30, 41)).shape
