@@ -22,6 +22,7 @@ has it.
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from collections.abc import Iterable
 
@@ -31,6 +32,7 @@ from torch import nn
 ENGINE = "onednn"
 
 
+@functools.cache
 def available() -> bool:
     """Whether this PyTorch can run int8 models (the oneDNN quantised engine and FX quantisation)."""
     try:

@@ -60,10 +60,15 @@ class JpegUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor(x, "input", ndim=4, channels=self.channels)
-        h, w = x.shape[-2:]
-        ph, pw = (-h) % 8, (-w) % 8
-        xp = F.pad(x, (0, pw, 0, ph), mode="reflect") if ph or pw else x
-        return (xp + _correction(self, xp))[..., :h, :w]
+        return _on_block_grid(x, lambda xp: _correction(self, xp))
+
+
+def _on_block_grid(x: torch.Tensor, correction) -> torch.Tensor:
+    """``x`` plus ``correction`` of ``x`` reflect-padded to whole 8×8 blocks, cropped back."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % 8, (-w) % 8
+    xp = F.pad(x, (0, pw, 0, ph), mode="reflect") if ph or pw else x
+    return (xp + correction(xp))[..., :h, :w]
 
 
 def _correction(net: nn.Module, xp: torch.Tensor) -> torch.Tensor:
@@ -209,9 +214,5 @@ class JpegUNetInt8(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor(x, "input", ndim=4, channels=self.channels)
-        h, w = x.shape[-2:]
-        ph, pw = (-h) % 8, (-w) % 8
-        xp = F.pad(x, (0, pw, 0, ph), mode="reflect") if ph or pw else x
         real = not self.training and x.device.type == "cpu" and x.dtype == torch.float32 and int8.available()
-        layers = self.int8_graph() if real else self.qat
-        return (xp + layers(xp))[..., :h, :w]
+        return _on_block_grid(x, self.int8_graph() if real else self.qat)
