@@ -176,8 +176,6 @@ def cmd_train(args) -> int:
     import dataclasses
     import importlib
 
-    import torch
-
     from restore_app.core.train.loop import export_model, train
 
     args = _train_parser().parse_args(args.train_args)
@@ -185,12 +183,9 @@ def cmd_train(args) -> int:
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)
                  if getattr(args, f.name, None) is not None}
     cfg = config_cls(**overrides)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    else:
-        from restore_app.core.engine import configure_cpu_threads
+    from restore_app.core.engine import configure_cpu_threads
 
-        configure_cpu_threads()
+    configure_cpu_threads(args.threads)
     module, _, name = task_path.partition(":")
     task_module = importlib.import_module(module)
     task = getattr(task_module, name)(cfg)

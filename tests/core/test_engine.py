@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from threadpoolctl import threadpool_info, threadpool_limits
 from torch import nn
 
 from restore_app.core.engine import (
     Engine,
     EngineConfig,
     autocast,
+    configure_cpu_threads,
     cpu_has_fast_bf16,
     resolve_precision,
     select_device,
@@ -70,6 +74,29 @@ def test_fast_bf16_means_amx():
         if line.startswith("flags"):
             flags |= set(line.split(":", 1)[1].split())
     assert cpu_has_fast_bf16() == ({"amx_bf16", "amx_tile"} <= flags and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _blas_threads() -> list[int]:
+    np.ones((64, 64)) @ np.ones((64, 64))  # NumPy's BLAS is loaded and used
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+def test_cpu_threads_give_blas_one_thread(monkeypatch):
+    """OpenBLAS's spinning workers took the cores from PyTorch's: the engine gives BLAS one thread."""
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        with threadpool_limits(limits=2, user_api="blas"):  # as NumPy starts on a multi-core machine
+            assert configure_cpu_threads(1) == 1
+            assert _blas_threads() and set(_blas_threads()) == {1}
+            assert os.environ["OPENBLAS_NUM_THREADS"] == "1"  # for BLAS libraries loaded later
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")  # the user's choice is kept
+        with threadpool_limits(limits=2, user_api="blas"):
+            start = _blas_threads()
+            configure_cpu_threads(1)
+            assert _blas_threads() == start
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_bf16_autocast_runs_convs_in_bf16():
