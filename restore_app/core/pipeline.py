@@ -89,7 +89,7 @@ class Restorer:
             x_in = x.reshape(1, t * c, *x.shape[-2:])
         names = m.ensemble_for(self.engine.config.ensemble)
         if names:
-            fn = _with_ensemble(fn, ensemble_transforms(names), align=m.align, scale=m.scale, maps=self.module,
+            fn = with_ensemble(fn, ensemble_transforms(names), align=m.align, scale=m.scale, maps=self.module,
                                 cfa=m.input == "cfa")
         start = time.perf_counter()
         try:
@@ -301,7 +301,7 @@ def ensemble_transforms(names: Sequence[str]) -> list[Transform]:
     return [TRANSFORMS["identity"]] + [TRANSFORMS[n] for n in names]
 
 
-def _with_ensemble(fn: TensorFn, transforms: Sequence[Transform], *, align: int = 1, scale: int = 1,
+def with_ensemble(fn: TensorFn, transforms: Sequence[Transform], *, align: int = 1, scale: int = 1,
                    maps: object = None, cfa: bool = False) -> TensorFn:
     """``fn`` averaged over ``transforms`` of its input, each result mapped back (self-ensemble).
 

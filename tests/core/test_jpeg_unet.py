@@ -131,6 +131,48 @@ def test_training_through_the_constraint(tmp_path, jpeg_task):
     assert result.iterations == 4 and np.isfinite(result.best_score)
 
 
+def test_distillation_targets_are_the_teachers_ensemble(tmp_path, jpeg_task):
+    """``distill``: the teacher's self-ensemble output (through the constraint) joins the targets, the
+    loss weighs it against the clean patch, and a short run trains a student with it."""
+    from safetensors.torch import save_file
+
+    from restore_app.core.losses import LOSSES
+    from restore_app.core.pipeline import ensemble_transforms, with_ensemble
+    from restore_app.core.quantization import clip_tensor
+    from restore_app.core.train.loop import train
+
+    teacher = JpegUNet(widths=(16, 16, 16), blocks=(1, 1, 1), channels=1)
+    with torch.no_grad():
+        teacher.tail.weight.normal_(std=0.05)  # a teacher whose passes differ
+    save_file(teacher.state_dict(), str(tmp_path / "teacher.safetensors"))
+    with pytest.raises(InputError):
+        JpegTrainConfig(distill=tmp_path / "teacher.safetensors", distill_ensemble="fliplr,spin")
+    with pytest.raises(InputError):
+        JpegTrainConfig(distill_weight=1.5)
+    cfg = JpegTrainConfig(data=jpeg_task.cfg.data, val_holdout=1, patch=64, widths="16,16,16", blocks="1,1,1",
+                          grey_prob=1.0, train_constraint=True, q_min=20, q_max=20,
+                          distill=tmp_path / "teacher.safetensors", distill_weight=0.25,
+                          distill_ensemble="fliplr,flipud,rot180", out=tmp_path / "run", iterations=3, batch=2,
+                          val_every=3, log_every=1, warmup=1, precision="fp32", device="cpu")
+    task = JpegTask(cfg)
+    x, y, lo, hi = task.batch(np.random.default_rng(2), 2)
+    assert x.shape == (2, 3, 64, 64) and y.shape == (2, 6, 64, 64)
+    clean, taught = y[:, :3], y[:, 3:]
+    assert torch.allclose(clean * 255, (clean * 255).round(), atol=1e-3)  # the clean patch, as before
+    flips = with_ensemble(teacher.eval(), ensemble_transforms(["fliplr", "flipud", "rot180"]), align=8)
+    with torch.no_grad():
+        want = clip_tensor(flips(x[:, :1]), lo, hi).expand(-1, 3, -1, -1)
+        single = clip_tensor(teacher(x[:, :1]), lo, hi).expand(-1, 3, -1, -1)
+    assert torch.allclose(taught, want, atol=1e-5)
+    assert not torch.allclose(taught, single, atol=1e-4)  # the ensemble, not one pass
+    pred = task.predict(task.model, x, lo, hi)
+    l1 = LOSSES["l1"]
+    assert torch.isclose(task.loss(pred, y), 0.75 * l1(pred, clean) + 0.25 * l1(pred, taught))
+    assert torch.isclose(task.loss(pred, clean), l1(pred, clean))  # without a teacher: the loss alone
+    result = train(task, cfg, log=lambda _: None)
+    assert result.iterations == 3 and np.isfinite(result.best_score)
+
+
 int8 = pytest.importorskip("restore_app.core.int8")
 needs_int8 = pytest.mark.skipif(not int8.available(), reason="this PyTorch has no oneDNN quantised engine")
 

@@ -242,15 +242,15 @@ def test_ensemble_transforms_are_mapped_back(name):
     nothing, and an identity model comes back exactly, for sizes off the grid too."""
     import torch
 
-    from restore_app.core.pipeline import _with_ensemble, ensemble_transforms
+    from restore_app.core.pipeline import with_ensemble, ensemble_transforms
 
     x = torch.rand(1, 3, 37, 50)
-    same = _with_ensemble(lambda z: z * 2, ensemble_transforms([name]), align=8)(x)
+    same = with_ensemble(lambda z: z * 2, ensemble_transforms([name]), align=8)(x)
     assert torch.allclose(same, x * 2, atol=1e-6)
     blur = torch.nn.Conv2d(3, 3, 3, padding=1, padding_mode="replicate", bias=False, groups=3)
     with torch.no_grad():
         blur.weight.copy_(torch.tensor([[1.0, 2, 1], [2, 4, 2], [1, 2, 1]]).div(16).expand(3, 1, 3, 3))
-        assert torch.allclose(_with_ensemble(blur, ensemble_transforms([name]))(x), blur(x), atol=1e-5)
+        assert torch.allclose(with_ensemble(blur, ensemble_transforms([name]))(x), blur(x), atol=1e-5)
 
 
 def test_flip_ensemble_keeps_the_block_grid():
@@ -260,7 +260,7 @@ def test_flip_ensemble_keeps_the_block_grid():
     import torch
     import torch.nn.functional as F
 
-    from restore_app.core.pipeline import _with_ensemble, ensemble_transforms
+    from restore_app.core.pipeline import with_ensemble, ensemble_transforms
 
     def block_means(z: torch.Tensor) -> torch.Tensor:
         h, w = z.shape[-2:]
@@ -270,9 +270,9 @@ def test_flip_ensemble_keeps_the_block_grid():
     x = torch.rand(1, 1, 21, 29)
     padded = block_means(F.pad(x, (0, 3, 0, 3), mode="replicate"))[..., :21, :29]
     flips = ensemble_transforms(["fliplr", "flipud", "rot180"])
-    on_grid = _with_ensemble(block_means, flips, align=8)(x)
+    on_grid = with_ensemble(block_means, flips, align=8)(x)
     assert on_grid.shape == x.shape and torch.allclose(on_grid, padded, atol=1e-6)
-    off_grid = _with_ensemble(block_means, flips, align=1)(x)
+    off_grid = with_ensemble(block_means, flips, align=1)(x)
     assert (off_grid - padded).abs().max() > 0.05  # without the padding the mirrored blocks differ
 
 
@@ -296,19 +296,19 @@ def test_mosaic_ensemble_keeps_the_bayer_phase(coffee):
     import torch
 
     from restore_app.core.degrade import mosaic
-    from restore_app.core.pipeline import _with_ensemble, ensemble_transforms
+    from restore_app.core.pipeline import with_ensemble, ensemble_transforms
 
     bilinear = default_registry().load("bilinear-demosaic").module
     m = torch.from_numpy(mosaic(to_float(coffee[:64, :90]), "RGGB"))[None, None]
     every = ensemble_transforms(["transpose", "rot180", "fliplr", "flipud", "rot90", "rot270", "antitranspose"])
     plain = bilinear(m)
-    ens = _with_ensemble(bilinear, every, align=2, cfa=True)(m)
+    ens = with_ensemble(bilinear, every, align=2, cfa=True)(m)
     assert ens.shape == plain.shape
     assert (ens - plain)[..., 2:-2, 2:-2].abs().max() < 1e-5
-    wrong = _with_ensemble(bilinear, ensemble_transforms(["fliplr"]), align=2)(m)
+    wrong = with_ensemble(bilinear, ensemble_transforms(["fliplr"]), align=2)(m)
     assert (wrong - plain)[..., 2:-2, 2:-2].abs().max() > 0.1
     with pytest.raises(InputError, match="even"):
-        _with_ensemble(bilinear, every, cfa=True)(m[..., :63, :])
+        with_ensemble(bilinear, every, cfa=True)(m[..., :63, :])
 
 
 def test_every_manifest_transform_has_an_implementation():

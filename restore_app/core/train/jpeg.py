@@ -14,7 +14,11 @@ the engine applies after the network (:mod:`restore_app.core.quantization`, with
 shrink and the encoder's own table): the loss sees the output with its luma coefficients clipped into
 their intervals, so the network is not asked to fix what the constraint will. ``int8`` trains the
 int8 form of the network (:class:`~restore_app.core.archs.jpeg_unet.JpegUNetInt8`, quantisation-aware
-training) from ``--init`` fp32 weights; it exports as ``<id>-int8``.
+training) from ``--init`` fp32 weights; it exports as ``<id>-int8``. ``distill`` names a trained fp32
+network (weights file, one or three channels) as a teacher: its self-ensemble over ``distill_ensemble``
+(run on the CPU in fp32, through the constraint when training through it) becomes a second target,
+weighted ``distill_weight`` against the clean patch, so a student (an int8 form, above all) learns
+the teacher's averaged output rather than the noisier target alone.
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ from restore_app.core.archs.jpeg_unet import JpegUNet, JpegUNetInt8, colour_stat
 from restore_app.core.color import rgb_to_y
 from restore_app.core.degrade import jpeg_compress
 from restore_app.core.engine import Engine, EngineConfig
+from restore_app.core.checks import check_range
 from restore_app.core.errors import InputError
 from restore_app.core.evaluate import list_images
 from restore_app.core.metrics import psnr
-from restore_app.core.pipeline import Restorer
+from restore_app.core.losses import LOSSES
+from restore_app.core.pipeline import TRANSFORMS, Restorer, ensemble_transforms, with_ensemble
 from restore_app.core.quantization import clip_tensor, ijg_table, intervals
 from restore_app.core.registry import LoadedModel, parse_manifest
 from restore_app.core.train.data import PatchSampler, bsds_train_val, image_files, load_images
@@ -58,10 +64,19 @@ class JpegTrainConfig(TrainConfig):
     blocks: str = "1,2,3"
     int8: bool = False  # quantisation-aware training of the int8 network (start it with --init fp32 weights)
     freeze_ranges: bool = False  # int8: keep the quantisers' ranges as --init has them
+    distill: Path | None = None  # a teacher's fp32 weights: its self-ensemble's output is a second target
+    distill_weight: float = 0.5  # the teacher's share of the loss
+    distill_ensemble: str = "fliplr,flipud,rot180"  # the teacher's transforms besides the identity
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.data = tuple(Path(d) for d in self.data)
+        check_range(self.distill_weight, 0.0, 1.0, "distill_weight")
+        if self.distill is not None:
+            self.distill = Path(self.distill)
+            unknown = set(self.distill_names) - set(TRANSFORMS)
+            if unknown:
+                raise InputError(f"unknown distill_ensemble transforms {sorted(unknown)}; choose from {sorted(TRANSFORMS)}")
         if self.int8:  # fake quantisers want fp32 activations
             if self.precision not in ("auto", "fp32"):
                 raise InputError(f"int8 training runs in fp32; got precision {self.precision!r}")
@@ -70,6 +85,10 @@ class JpegTrainConfig(TrainConfig):
     @property
     def grey_only(self) -> bool:
         return self.grey_prob >= 1.0
+
+    @property
+    def distill_names(self) -> list[str]:
+        return [n for n in self.distill_ensemble.split(",") if n and n != "identity"]
 
     @property
     def arch_params(self) -> dict:
@@ -128,6 +147,17 @@ class JpegTask:
                                     cfg.patch + 8)
         self.val_images = [np.rint(im * 255).astype(np.uint8) for im in load_images(held_out, cfg.downscale)]
         self.model = self._network()
+        self.teacher = self._teacher() if cfg.distill is not None else None
+        self.taught = (with_ensemble(self.teacher, ensemble_transforms(cfg.distill_names), align=8)
+                       if self.teacher is not None else None)  # the teacher's self-ensemble
+
+    def _teacher(self) -> JpegUNet:
+        """The ``distill`` network (its channel count from its weights), in eval mode on the CPU."""
+        state = load_file(str(self.cfg.distill))
+        params = {k: tuple(v) for k, v in self.cfg.arch_params.items()}
+        net = JpegUNet(**params, channels=state["head.weight"].shape[1] // 4)
+        net.load_state_dict(state)
+        return net.eval().to(memory_format=torch.channels_last)
 
     def _sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
         """``(degraded, clean, quality)``: the pair and the quality of the last compression, whose grid
@@ -156,17 +186,38 @@ class JpegTask:
         samples = [self._sample(rng) for _ in range(size)]
         x = np.stack([d for d, _, _ in samples]).astype(np.float32) / 255.0
         y = np.stack([c for _, c, _ in samples]).astype(np.float32) / 255.0
-        pair = (torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(y).permute(0, 3, 1, 2))
-        if not self.cfg.train_constraint:
-            return pair
-        bounds = [intervals(d, ijg_table(q), JPEG_CONSTRAINT) for d, (_, _, q) in zip(x, samples, strict=True)]
-        return (*pair, *(torch.from_numpy(np.stack(b)) for b in zip(*bounds, strict=True)))
+        inputs, targets = torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(y).permute(0, 3, 1, 2)
+        bounds = ()
+        if self.cfg.train_constraint:
+            per_image = [intervals(d, ijg_table(q), JPEG_CONSTRAINT) for d, (_, _, q) in zip(x, samples, strict=True)]
+            bounds = tuple(torch.from_numpy(np.stack(b)) for b in zip(*per_image, strict=True))
+        if self.teacher is not None:  # the teacher's output joins the targets, as further channels
+            with torch.no_grad():
+                taught = self._output(self.taught, self.teacher.channels,
+                                      inputs.contiguous(memory_format=torch.channels_last), bounds)
+            targets = torch.cat([targets, taught.contiguous()], dim=1)
+        return inputs, targets, *bounds
+
+    def loss(self, pred: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The config's loss against the clean patch, and with a teacher (``targets`` then holds its
+        output as further channels) against the teacher's output too, weighted ``distill_weight``."""
+        base = LOSSES[self.cfg.loss]
+        c = pred.shape[1]
+        if targets.shape[1] == c:
+            return base(pred, targets)
+        w = self.cfg.distill_weight
+        return (1.0 - w) * base(pred, targets[:, :c]) + w * base(pred, targets[:, c:])
 
     def predict(self, model: JpegUNet | JpegUNetInt8, inputs: torch.Tensor, *bounds: torch.Tensor) -> torch.Tensor:
         """The output the loss sees: with ``bounds`` (``train_constraint``), after the constraint; a
         grey specialist's is its shipped output, the mean over R, G and B (:func:`grey_state`), or an
         int8 one's (a one-channel network) output on one of the equal channels."""
-        if self.cfg.int8 and self.cfg.grey_only:
+        channels = 1 if self.cfg.int8 and self.cfg.grey_only else inputs.shape[1]
+        return self._output(model, channels, inputs, bounds)
+
+    def _output(self, model, channels: int, inputs: torch.Tensor, bounds: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """:meth:`predict` for a network of ``channels`` (1: fed one of the equal grey channels)."""
+        if channels == 1:
             out = model(inputs[:, :1])
             return (clip_tensor(out, *bounds) if bounds else out).expand(-1, inputs.shape[1], -1, -1)
         out = model(inputs)
