@@ -143,6 +143,7 @@ def run_bench(task: str, methods: Sequence[tuple[str, Callable[[], Restorer]]], 
             rows.append(row)
             continue
         row.parameters = sum(p.numel() for p in restorer.module.parameters())
+        _warm_up(restorer, task, data, settings, cancel)
         seconds = mp = 0.0
         for name, folder in data.items():
             for setting, protocol in settings:
@@ -155,6 +156,26 @@ def run_bench(task: str, methods: Sequence[tuple[str, Callable[[], Restorer]]], 
         row.seconds_per_mp = seconds / mp if mp else None
         rows.append(row)
     return rows
+
+
+def _warm_up(restorer: Restorer, task: str, data: dict[str, Path], settings: Sequence[Setting],
+             cancel: CancelToken | None) -> None:
+    """An untimed run on the first image of the first data set: the first call at an image size
+    builds the kernels for it (and an int8 model converts its graph), which the first timed images
+    would otherwise pay."""
+    import shutil
+    import tempfile
+
+    from restore_app.core.evaluate import list_images
+
+    if task not in ("demosaic", "jpeg") or not data or not settings:
+        return
+    images = list_images(next(iter(data.values())))
+    if not images:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(images[0], tmp)
+        evaluate(restorer, task, Path(tmp), settings[0][1], cancel=cancel)
 
 
 def _registered(models: Sequence[str], engine: Engine, registry: Registry) -> list[tuple[str, Callable[[], Restorer]]]:

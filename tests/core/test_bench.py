@@ -31,6 +31,30 @@ def test_bench_runs_models_on_the_same_images(tmp_path, coffee):
     assert rows[0].seconds_per_mp > 0 and len(logs) == 4
 
 
+def test_bench_warms_each_model_up_untimed(tmp_path, coffee):
+    """Each model first runs once, untimed, on the first image: the timed runs then see every image
+    once per setting."""
+    from restore_app.core.bench import run_bench
+    from restore_app.core.evaluate import DemosaicProtocol
+    from restore_app.core.pipeline import Restorer
+
+    for name in ("a.png", "b.png"):
+        write_image(tmp_path / name, coffee[:96, :128])
+    restorer = Restorer.from_id("bilinear-demosaic")
+    shapes = []
+    run = restorer.restore_image
+
+    def counted(image, **kwargs):
+        shapes.append(image.shape)
+        return run(image, **kwargs)
+
+    restorer.restore_image = counted
+    rows = run_bench("demosaic", [("bilinear", lambda: restorer)], {"tiny": tmp_path},
+                     [("σ=0", DemosaicProtocol(sigma=0.0))], log=lambda s: None)
+    assert len(shapes) == 3  # one warm-up and the two timed images
+    assert rows[0].cells["tiny σ=0"]["psnr"] > 20
+
+
 def test_gharbi_anchor_demosaics(coffee):
     pytest.importorskip("demosaicnet")
     from restore_app.core.bench import GharbiReleased
