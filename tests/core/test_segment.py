@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from restore_app.core.archs.dwt_net import DWTNet
+from restore_app.core.archs.dwt_net import DWTNet, DWTNetInt8
 from restore_app.core.errors import InputError
 from restore_app.core.io import read_image
 from restore_app.core.metrics import instance_scores
@@ -253,3 +253,106 @@ def test_expected_level_is_the_softmax_mean():
     assert got.shape == (37, 45) and np.isfinite(got).all()
     assert np.abs(got - want).max() < 1e-4
     assert 0 <= got.min() and got.max() <= 15
+
+
+int8 = pytest.importorskip("restore_app.core.int8")
+needs_int8 = pytest.mark.skipif(not int8.available(), reason="this PyTorch has no oneDNN quantised engine")
+
+
+def _photo(coffee):
+    return torch.from_numpy(np.ascontiguousarray(coffee, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+
+
+def _float_dwt_with_statistics(photo):
+    """A float DWTNet whose batch norms hold the running statistics of ``photo`` (so folding them
+    matters and the features stay normalised, as a trained network's do)."""
+    torch.manual_seed(3)
+    net = DWTNet(widths=(8, 8, 16, 16), cut_level=2).train()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # cumulative averages: the statistics of the batches seen
+    with torch.no_grad():
+        net(torch.cat([photo[..., :64, :64], photo[..., 64:128, 100:164]]))
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+        for head in (net.fg, net.energy[4]):  # logits that vary over the image
+            head.weight.normal_(std=0.5)
+    return net.eval()
+
+
+@needs_int8
+def test_int8_dwt_folds_batch_norms_simulates_its_int8_graph_and_runs_int8_kernels(coffee):
+    from torch.ao.quantization import disable_fake_quant, enable_fake_quant
+
+    photo = _photo(coffee)
+    net = _float_dwt_with_statistics(photo)
+    q = DWTNetInt8(widths=(8, 8, 16, 16), cut_level=2)
+    q.load_float_state(net.state_dict())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in q.modules())
+    q.train()
+    with torch.no_grad():  # the quantisers' ranges from a batch in training mode
+        q(torch.cat([photo[..., :64, :64], photo[..., 64:128, 100:164]]))
+    q.eval()
+    x = photo[..., 150:195, 200:270]  # not a multiple of 8
+    padded = torch.nn.functional.pad(x, (0, 2, 0, 3), mode="reflect")
+    with torch.inference_mode():
+        ref, out = net(x), q(x)
+        sim = q.qat(padded)[..., :45, :70]
+        q.qat.apply(disable_fake_quant)  # without its quantisers the graph is the float network,
+        unquantised = q.qat(padded)[..., :45, :70]  # batch norms folded into the convolutions
+        q.qat.apply(enable_fake_quant)
+    assert torch.allclose(unquantised, ref, atol=1e-3, rtol=1e-4)
+    assert out.shape == ref.shape == (1, 19, 45, 70) and not torch.allclose(out, ref, atol=1e-3)
+    for part in (slice(0, 1), slice(3, 19)):  # the int8 graph computes what trains (fake quantisation)
+        assert float(((sim[:, part] - out[:, part]) ** 2).mean()) < 0.02 * float(sim[:, part].var())
+    assert torch.allclose(out[:, 1:3].norm(dim=1), torch.ones(1), atol=1e-3)  # unit directions, in fp32
+    kinds = {type(m).__module__ for m in q.int8_graph().modules()}
+    assert any(k.startswith("torch.ao.nn.intrinsic.quantized") for k in kinds)  # fused int8 conv + ReLU
+    # the maps' helpers and post-processing are the float model's
+    labels = q.postprocess(torch.from_numpy(_oracle_maps(_touching_discs())[0])[None])
+    assert int(labels.max()) == 3
+
+
+@needs_int8
+def test_int8_dwt_trains_from_a_float_fold_and_exports_a_loadable_fold(tmp_path, coffee):
+    """``restore train segment --int8 --init <fp32 fold> --holdout b.png``: quantisation-aware training
+    from the float fold's weights, exported as the int8 model's fold, loadable by its manifest."""
+    from safetensors.torch import load_file, save_file
+
+    from restore_app.cli.main import main
+    from restore_app.core.bench import fold_metadata, fold_weights
+    from restore_app.core.registry import build_module, load_weights, parse_manifest
+    from restore_app.core.train.segment import SegmentTask, SegmentTrainConfig, manifest_fields
+
+    data, textures = _tiles_and_textures(tmp_path, coffee)
+    net = _float_dwt_with_statistics(_photo(coffee))
+    save_file(net.state_dict(), str(tmp_path / "float.safetensors"))
+    with pytest.raises(InputError, match="fp32"):
+        SegmentTrainConfig(int8=True, precision="bf16")
+    args = ["--data", str(data), "--textures", str(textures), "--holdout", "b.png", "--patch", "64",
+            "--batch", "2", "--widths", "8,8,16,16", "--int8", "--init", str(tmp_path / "float.safetensors")]
+    cfg = SegmentTrainConfig(data=data, textures=(textures,), holdout="b.png", patch=64, widths="8,8,16,16",
+                             int8=True, init=tmp_path / "float.safetensors")
+    task = SegmentTask(cfg)
+    start = task.init_state(load_file(str(cfg.init)))
+    assert any(k.startswith("qat.") for k in start) and task.init_state(start) is start
+    fields = manifest_fields(cfg)
+    assert fields["id"] == "restore-dwt-int8" and fields["architecture"] == "dwt_net_int8"
+    assert fields["precisions"] == ["int8"]
+    model = tmp_path / "models" / "restore-dwt-int8"
+    assert main(["train", "segment", *args, "--iterations", "2", "--val-every", "2", "--out", str(tmp_path / "run"),
+                 "--export", str(model), "--threads", "1"]) == 0
+    fold = model / "folds" / "b.safetensors"
+    assert fold_metadata(fold)["holdout"] == "b.png"
+    manifest = parse_manifest({**fields, "weights": "weights.safetensors"}, root=model)
+    module = build_module(manifest)
+    load_weights(module, fold)  # strict keys: the int8 graph's weights and quantiser ranges
+    module.eval()
+    trained = SegmentTask(cfg).model
+    trained.load_state_dict(load_file(str(tmp_path / "run" / "best.safetensors")))
+    x = torch.rand(1, 3, 40, 48)
+    with torch.inference_mode():
+        assert torch.equal(module(x), trained.eval()(x))
+    assert fold_weights(manifest, "b.png") == fold

@@ -19,4 +19,5 @@ ARCHITECTURES: dict[str, str] = {
     "brcn": "restore_app.core.archs.brcn:BRCN",
     "recurrent_vsr": "restore_app.core.archs.vsr_net:RecurrentVSR",
     "dwt_net": "restore_app.core.archs.dwt_net:DWTNet",
+    "dwt_net_int8": "restore_app.core.archs.dwt_net:DWTNetInt8",
 }

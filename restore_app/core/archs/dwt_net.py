@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from restore_app.core import int8
 from restore_app.core.checks import check_tensor
 
 ENERGY_LEVELS = 16
@@ -58,20 +59,7 @@ class DWTNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor(x, "input", ndim=4, channels=3)
-        h, w = x.shape[-2:]
-        ph, pw = (-h) % 8, (-w) % 8
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), mode="reflect")
-        e0 = self.enc0(x)
-        e1 = self.enc1(F.max_pool2d(e0, 2))
-        e2 = self.enc2(F.max_pool2d(e1, 2))
-        e3 = self.enc3(F.max_pool2d(e2, 2))
-        d2 = self.dec2(torch.cat([self.up2(e3), e2], dim=1))
-        d1 = self.dec1(torch.cat([self.up1(d2), e1], dim=1))
-        d0 = self.dec0(torch.cat([self.up0(d1), e0], dim=1))
-        direction = F.normalize(self.direction(d0), dim=1, eps=1e-6)
-        energy = self.energy(torch.cat([d0, direction], dim=1))
-        return torch.cat([self.fg(d0), direction, energy], dim=1)[..., :h, :w]
+        return _on_whole_blocks(x, lambda xp: _maps(self, xp))
 
     @staticmethod
     def transpose_maps(maps: torch.Tensor) -> torch.Tensor:
@@ -98,3 +86,123 @@ class DWTNet(nn.Module):
 
         labels = [instances_from_maps(m.float().cpu().numpy(), self.cut_level, self.min_area) for m in maps]
         return torch.from_numpy(np.stack(labels)[:, None]).to(torch.int64)
+
+
+def _on_whole_blocks(x: torch.Tensor, maps) -> torch.Tensor:
+    """``maps`` of ``x`` reflect-padded to multiples of 8 (three poolings), cropped back."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % 8, (-w) % 8
+    xp = F.pad(x, (0, pw, 0, ph), mode="reflect") if ph or pw else x
+    return maps(xp)[..., :h, :w]
+
+
+def _maps(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The heads' maps of a padded input: the layers of :class:`DWTNet`, shared by its int8 form."""
+    e0 = net.enc0(x)
+    e1 = net.enc1(F.max_pool2d(e0, 2))
+    e2 = net.enc2(F.max_pool2d(e1, 2))
+    e3 = net.enc3(F.max_pool2d(e2, 2))
+    d2 = net.dec2(torch.cat([net.up2(e3), e2], dim=1))
+    d1 = net.dec1(torch.cat([net.up1(d2), e1], dim=1))
+    d0 = net.dec0(torch.cat([net.up0(d1), e0], dim=1))
+    direction = F.normalize(net.direction(d0), dim=1, eps=1e-6)
+    energy = net.energy(torch.cat([d0, direction], dim=1))
+    return torch.cat([net.fg(d0), direction, energy], dim=1)
+
+
+def _folded(pair: nn.Sequential) -> nn.Sequential:
+    """A conv pair with each batch norm (in its running statistics) folded into its convolution."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    conv1, bn1, _, conv2, bn2, _ = pair
+    return nn.Sequential(fuse_conv_bn_eval(conv1.eval(), bn1.eval()), nn.ReLU(),
+                         fuse_conv_bn_eval(conv2.eval(), bn2.eval()), nn.ReLU())
+
+
+class _Layers(nn.Module):
+    """A :class:`DWTNet`'s layers as the int8 graph takes them: batch norms folded into the
+    convolutions, up-sampling by :class:`~restore_app.core.archs.jpeg_unet.SubPixelUp` (per-channel
+    weight scales); its forward (the maps of a padded input) is what is quantised."""
+
+    def __init__(self, net: DWTNet) -> None:
+        from restore_app.core.archs.jpeg_unet import SubPixelUp
+
+        super().__init__()
+        for name, child in net.named_children():
+            if name.startswith(("enc", "dec")):
+                child = _folded(child)
+            elif isinstance(child, nn.ConvTranspose2d):
+                child = SubPixelUp.from_transpose(child)
+            setattr(self, name, child)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _maps(self, x)
+
+
+class DWTNetInt8(nn.Module):
+    """:class:`DWTNet` with 8-bit weights and activations (:mod:`restore_app.core.int8`).
+
+    Holds the fake-quantised graph (``qat``), built from the float network with its batch norms
+    folded, which trains by quantisation-aware training and runs in float on any device; in eval mode
+    on the CPU the forward runs the int8 graph converted from it (cached until the weights or the
+    mode change). The three heads' last convolutions (foreground and energy logits, direction) and
+    the maps they give stay fp32. :meth:`load_float_state` starts it from a trained :class:`DWTNet`.
+
+    >>> net = DWTNetInt8(widths=(8, 8, 8, 8)).eval()
+    >>> net(torch.rand(1, 3, 30, 45)).shape
+    torch.Size([1, 19, 30, 45])
+    """
+
+    transpose_maps = staticmethod(DWTNet.transpose_maps)
+    flip_maps = staticmethod(DWTNet.flip_maps)
+    postprocess = DWTNet.postprocess
+
+    def __init__(self, widths: tuple[int, int, int, int] = (24, 48, 96, 128), cut_level: int = 3,
+                 min_area: int = 8) -> None:
+        super().__init__()
+        self.widths, self.cut_level, self.min_area = tuple(widths), int(cut_level), int(min_area)
+        self.learn_ranges = True  # in training mode the quantisers follow the activations' ranges
+        example = torch.rand(1, 3, 32, 32)
+        self.qat = int8.prepare(_Layers(DWTNet(widths).eval()), example,
+                                keep_float=("fg", "direction", "energy.4"), keep_float_calls=(("", torch.cat, 4),))
+        with torch.no_grad():  # gives the per-channel quantisers their shapes, which saved weights have
+            self.qat(example)
+        self.__dict__["_int8"] = None  # the converted graph: not a child, so .to() and state_dict skip it
+        self.register_load_state_dict_post_hook(lambda module, keys: module._drop_int8())
+
+    def _drop_int8(self) -> None:
+        self.__dict__["_int8"] = None
+
+    def train(self, mode: bool = True) -> DWTNetInt8:
+        super().train(mode)
+        int8.freeze_ranges(self.qat, frozen=not (mode and self.learn_ranges))
+        self._drop_int8()
+        return self
+
+    def load_float_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Take the weights of a trained :class:`DWTNet` (same widths), batch norms folded; the
+        quantisers' ranges start afresh from the next batch seen in training mode."""
+        net = DWTNet(self.widths)
+        net.load_state_dict(state)
+        # the quantised graph holds the same parameters under the same names (in call order)
+        source, target = dict(_Layers(net.eval()).named_parameters()), dict(self.qat.named_parameters())
+        if {k: v.shape for k, v in source.items()} != {k: v.shape for k, v in target.items()}:
+            raise ValueError("the quantised graph's parameters do not match DWTNet's")
+        with torch.no_grad():
+            for name, value in source.items():
+                target[name].copy_(value)
+        for module in self.qat.modules():
+            if hasattr(module, "reset_min_max_vals"):
+                module.reset_min_max_vals()
+        self._drop_int8()
+
+    def int8_graph(self) -> nn.Module:
+        """The int8 CPU graph of the current weights and ranges (converted once, then cached)."""
+        if self.__dict__["_int8"] is None:
+            self.__dict__["_int8"] = int8.convert(self.qat)
+        return self.__dict__["_int8"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_tensor(x, "input", ndim=4, channels=3)
+        real = not self.training and x.device.type == "cpu" and x.dtype == torch.float32 and int8.available()
+        return _on_whole_blocks(x, self.int8_graph() if real else self.qat)

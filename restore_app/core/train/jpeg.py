@@ -31,19 +31,19 @@ import torch
 from safetensors.torch import load_file
 
 from restore_app.core.archs.jpeg_unet import JpegUNet, JpegUNetInt8, colour_state, grey_state
+from restore_app.core.checks import check_range
 from restore_app.core.color import rgb_to_y
 from restore_app.core.degrade import jpeg_compress
 from restore_app.core.engine import Engine, EngineConfig
-from restore_app.core.checks import check_range
 from restore_app.core.errors import InputError
 from restore_app.core.evaluate import list_images
-from restore_app.core.metrics import psnr
 from restore_app.core.losses import LOSSES
+from restore_app.core.metrics import psnr
 from restore_app.core.pipeline import TRANSFORMS, Restorer, ensemble_transforms, with_ensemble
 from restore_app.core.quantization import clip_tensor, ijg_table, intervals
 from restore_app.core.registry import LoadedModel, parse_manifest
 from restore_app.core.train.data import PatchSampler, bsds_train_val, image_files, load_images
-from restore_app.core.train.loop import TrainConfig, export_model
+from restore_app.core.train.loop import TrainConfig, export_model, int8_precision
 
 JPEG_CONSTRAINT = 0.15  # the shipped models' interval shrink (manifest ``jpeg_constraint``)
 
@@ -76,11 +76,10 @@ class JpegTrainConfig(TrainConfig):
             self.distill = Path(self.distill)
             unknown = set(self.distill_names) - set(TRANSFORMS)
             if unknown:
-                raise InputError(f"unknown distill_ensemble transforms {sorted(unknown)}; choose from {sorted(TRANSFORMS)}")
-        if self.int8:  # fake quantisers want fp32 activations
-            if self.precision not in ("auto", "fp32"):
-                raise InputError(f"int8 training runs in fp32; got precision {self.precision!r}")
-            self.precision = "fp32"
+                raise InputError(f"unknown distill_ensemble transforms {sorted(unknown)}; "
+                                 f"choose from {sorted(TRANSFORMS)}")
+        if self.int8:
+            self.precision = int8_precision(self.precision)
 
     @property
     def grey_only(self) -> bool:

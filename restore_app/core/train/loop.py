@@ -113,6 +113,13 @@ def train_precision(requested: str, device: torch.device) -> str:
     return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
 
 
+def int8_precision(precision: str) -> str:
+    """The training precision of an int8 network (fake quantisers): fp32, the only one they take."""
+    if precision not in ("auto", "fp32"):
+        raise InputError(f"int8 training runs in fp32; got precision {precision!r}")
+    return "fp32"
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up, then cosine decay from ``lr`` to ``lr_min``."""
     if step < cfg.warmup:

@@ -9,6 +9,9 @@ objects faded towards their local background (pale nuclei),
 brightness and contrast. ``holdout`` leaves one tile out entirely (leave-one-out evaluation).
 Validation (and the choice of the energy cut level) uses synthetic scenes with a fixed seed and
 the training tiles, never the held-out tile. ``--init`` fine-tunes a trained model on new data.
+``int8`` trains the network's int8 form (:class:`~restore_app.core.archs.dwt_net.DWTNetInt8`, batch
+norms folded, quantisation-aware training) from ``--init`` fp32 weights (for a leave-one-out run, the
+fp32 fold's); it exports as ``restore-dwt-int8``.
 
 Losses, after Bai and Urtasun: binary cross-entropy on the foreground; squared error between unit
 direction vectors (twice the angular cosine error) on the foreground; cross-entropy on the energy
@@ -25,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from restore_app.core.archs.dwt_net import ENERGY_LEVELS, DWTNet
+from restore_app.core.archs.dwt_net import ENERGY_LEVELS, DWTNet, DWTNetInt8
 from restore_app.core.checks import check_range
 from restore_app.core.errors import InputError
 from restore_app.core.evaluate import labelled_images
@@ -35,7 +38,7 @@ from restore_app.core.paths import datasets_root
 from restore_app.core.registry import ENSEMBLE_TRANSFORMS
 from restore_app.core.segment import dwt_targets, instances_from_maps
 from restore_app.core.train.data import dihedral, image_files, load_images
-from restore_app.core.train.loop import TrainConfig, best_validation, export_model
+from restore_app.core.train.loop import TrainConfig, best_validation, export_model, int8_precision
 
 # near-boundary levels matter most for separating touching objects
 VAL_SCENE = 192  # side of the synthetic validation scenes
@@ -63,6 +66,7 @@ class SegmentTrainConfig(TrainConfig):
     scale_max: float = 1.6
     widths: str = "24,48,96,128"
     bin_scale: float = 1.0
+    int8: bool = False  # quantisation-aware training of the int8 network (start it with --init fp32 weights)
 
     @classmethod
     def loss_choices(cls) -> tuple[str, ...]:
@@ -75,6 +79,8 @@ class SegmentTrainConfig(TrainConfig):
         check_range(self.scale_min, 0.1, self.scale_max, "scale_min")
         check_range(self.scale_max, self.scale_min, 10.0, "scale_max")
         check_range(self.vesicular_prob, 0.0, 1.0, "vesicular_prob")
+        if self.int8:
+            self.precision = int8_precision(self.precision)
 
     @property
     def arch_widths(self) -> list[int]:
@@ -82,6 +88,17 @@ class SegmentTrainConfig(TrainConfig):
 
 
 def manifest_fields(cfg: SegmentTrainConfig, cut_level: int = 2) -> dict:
+    fields = _float_manifest_fields(cfg, cut_level)
+    if not cfg.int8:
+        return fields
+    return {**fields, "id": "restore-dwt-int8", "name": "Deep Watershed Transform (nuclei, int8)",
+            "description": fields["description"] + " 8-bit weights and activations, trained for them: several "
+                                                   "times faster than the fp32 model on CPUs with VNNI or AMX "
+                                                   "int8 instructions.",
+            "architecture": "dwt_net_int8", "precisions": ["int8"]}
+
+
+def _float_manifest_fields(cfg: SegmentTrainConfig, cut_level: int) -> dict:
     return {
         "id": "restore-dwt", "task": "segment", "name": "Deep Watershed Transform (nuclei)",
         "description": "Separates and counts touching nuclei and similar objects: label map, overlay, count "
@@ -226,7 +243,20 @@ class SegmentTask:
         rng = np.random.default_rng(777)
         self.val_scenes = [synthetic_scene(VAL_SCENE, self.textures, rng, cfg.vesicular_prob)
                            for _ in range(8)] if self.textures else []
-        self.model = DWTNet(widths=tuple(cfg.arch_widths))
+        self.model = self._network()
+
+    def _network(self) -> DWTNet | DWTNetInt8:
+        widths = tuple(self.cfg.arch_widths)
+        return DWTNetInt8(widths=widths) if self.cfg.int8 else DWTNet(widths=widths)
+
+    def init_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``--init`` weights: for the int8 network, int8 weights as they are and fp32 ones (batch norms
+        folded) with fresh quantiser ranges, which the first training batches set."""
+        if not self.cfg.int8 or any(k.startswith("qat.") for k in state):
+            return state
+        net = self._network()
+        net.load_float_state({k: v.cpu() for k, v in state.items()})
+        return net.state_dict()
 
     def _real_patch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         img, lab = self.tiles[rng.integers(len(self.tiles))]
