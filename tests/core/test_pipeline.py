@@ -242,7 +242,7 @@ def test_ensemble_transforms_are_mapped_back(name):
     nothing, and an identity model comes back exactly, for sizes off the grid too."""
     import torch
 
-    from restore_app.core.pipeline import with_ensemble, ensemble_transforms
+    from restore_app.core.pipeline import ensemble_transforms, with_ensemble
 
     x = torch.rand(1, 3, 37, 50)
     same = with_ensemble(lambda z: z * 2, ensemble_transforms([name]), align=8)(x)
@@ -260,7 +260,7 @@ def test_flip_ensemble_keeps_the_block_grid():
     import torch
     import torch.nn.functional as F
 
-    from restore_app.core.pipeline import with_ensemble, ensemble_transforms
+    from restore_app.core.pipeline import ensemble_transforms, with_ensemble
 
     def block_means(z: torch.Tensor) -> torch.Tensor:
         h, w = z.shape[-2:]
@@ -296,7 +296,7 @@ def test_mosaic_ensemble_keeps_the_bayer_phase(coffee):
     import torch
 
     from restore_app.core.degrade import mosaic
-    from restore_app.core.pipeline import with_ensemble, ensemble_transforms
+    from restore_app.core.pipeline import ensemble_transforms, with_ensemble
 
     bilinear = default_registry().load("bilinear-demosaic").module
     m = torch.from_numpy(mosaic(to_float(coffee[:64, :90]), "RGGB"))[None, None]
