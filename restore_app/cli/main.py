@@ -370,9 +370,16 @@ def cmd_bench(args) -> int:
     if args.task == "segment":
         from restore_app.core.bench import bench_segment, format_segment_table
 
-        root = Path(args.data[0]) if args.data else datasets_root() / "nuclei_he"
+        # one folder of images/ and labels/, given as DIR or NAME=DIR like the other benches' data
+        name, sep, folder = args.data[0].partition("=") if args.data else ("", "", "")
+        root = Path(folder if sep else name) if args.data else datasets_root() / "nuclei_he"
         models = args.models or [m.id for m in default_registry().manifests("segment")]
-        print(format_segment_table(bench_segment(models, root, engine=_engine(args))))
+        rows = bench_segment(models, root, engine=_engine(args))
+        print(format_segment_table(rows))
+        if args.json_file is not None:
+            with atomic_output(args.json_file) as tmp:
+                tmp.write_text(rows_to_json(rows))
+            print(f"wrote {args.json_file}")
         return 0
     if args.data:
         data = {}

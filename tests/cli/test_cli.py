@@ -78,6 +78,26 @@ def test_eval_writes_json(tmp_path, coffee):
     assert "mean" in result.stdout and "seconds per megapixel" in result.stdout
 
 
+def test_segment_bench_writes_json(tmp_path):
+    """``restore bench segment --json`` writes the rows it prints (the data given as NAME=DIR too)."""
+    yy, xx = np.mgrid[0:96, 0:128]
+    labels = np.zeros((96, 128), np.uint16)
+    image = np.full((96, 128, 3), 230, np.uint8)
+    for i, (cy, cx) in enumerate(((30, 30), (30, 56), (70, 90)), start=1):
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= 150
+        labels[disc] = i
+        image[disc] = (90, 50, 140)  # haematoxylin-like nuclei on a pale background
+    for sub, array in (("images", image), ("labels", labels)):
+        (tmp_path / "tiles" / sub).mkdir(parents=True)
+        write_image(tmp_path / "tiles" / sub / "t.png", array)
+    result = restore("bench", "segment", "--models", "he-watershed", "--data", f"tiles={tmp_path / 'tiles'}",
+                     "--json", tmp_path / "seg.json")
+    rows = json.loads((tmp_path / "seg.json").read_text())
+    assert [r["method"] for r in rows] == ["he-watershed"] and "he-watershed" in result.stdout
+    assert set(rows[0]["cells"]) == {"leave-one-out", "t.png"}
+    assert 0 <= rows[0]["cells"]["t.png"]["ap50"] <= 1 and rows[0]["seconds_per_mp"] > 0
+
+
 def test_demo_writes_outputs(tmp_path):
     restore("demo", "--out", tmp_path / "demo")
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
