@@ -121,18 +121,24 @@ def test_trained_video_super_resolution_beats_bicubic():
     assert _clip_psnr_y("brcn-ff-x4", lr, hr) > bicubic
 
 
-def test_dwt_fold_beats_the_classical_watershed_on_a_tile_it_never_saw(datasets, tmp_path):
+@pytest.mark.parametrize("model_id", ["restore-dwt", "restore-dwt-int8"])
+def test_dwt_fold_beats_the_classical_watershed_on_a_tile_it_never_saw(datasets, tmp_path, model_id):
     import shutil
 
     from restore_app.core.bench import bench_segment
 
+    if model_id.endswith("-int8"):
+        from restore_app.core import int8
+
+        if not int8.available():
+            pytest.skip("this PyTorch has no oneDNN quantised engine")
     tile = "image12.png"
     for sub in ("images", "labels"):
         (tmp_path / sub).mkdir()
         shutil.copy(datasets / "nuclei_he" / sub / tile, tmp_path / sub / tile)
-    rows = {r.method: r for r in bench_segment(["he-watershed", "restore-dwt"], tmp_path, log=lambda _: None)}
-    ours, classical = rows["restore-dwt"].cells[tile], rows["he-watershed"].cells[tile]
-    assert not rows["restore-dwt"].note
+    rows = {r.method: r for r in bench_segment(["he-watershed", model_id], tmp_path, log=lambda _: None)}
+    ours, classical = rows[model_id].cells[tile], rows["he-watershed"].cells[tile]
+    assert not rows[model_id].note
     assert ours["ap50"] > classical["ap50"] + 0.2 and ours["f1"] > classical["f1"] + 0.2
 
 
