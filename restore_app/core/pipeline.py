@@ -90,7 +90,7 @@ class Restorer:
         names = m.ensemble_for(self.engine.config.ensemble)
         if names:
             fn = with_ensemble(fn, ensemble_transforms(names), align=m.align, scale=m.scale, maps=self.module,
-                                cfa=m.input == "cfa")
+                               cfa=m.input == "cfa")
         start = time.perf_counter()
         try:
             out = self.engine.run(fn, x_in, scale=m.scale, align=m.align, overlap=m.overlap,
@@ -302,7 +302,7 @@ def ensemble_transforms(names: Sequence[str]) -> list[Transform]:
 
 
 def with_ensemble(fn: TensorFn, transforms: Sequence[Transform], *, align: int = 1, scale: int = 1,
-                   maps: object = None, cfa: bool = False) -> TensorFn:
+                  maps: object = None, cfa: bool = False) -> TensorFn:
     """``fn`` averaged over ``transforms`` of its input, each result mapped back (self-ensemble).
 
     A flip would move a grid the input carries (the 8×8 JPEG blocks; the tile starts on it), so
