@@ -164,6 +164,59 @@ def _channels_last_pixel_shuffles(graph_module: nn.Module) -> None:
     graph_module.recompile()
 
 
+class Int8Network(nn.Module):
+    """Base of a network's int8 form: holds the fake-quantised graph (``qat``) of a float *core*,
+    which trains by quantisation-aware training and runs in float on any device; in eval mode on the
+    CPU, :meth:`graph_for` gives instead the int8 graph converted from it, cached until the weights or
+    the mode change. Subclasses wrap the graph (padding, cropping, residuals) in their forward.
+    """
+
+    def __init__(self, core: nn.Module, example: torch.Tensor, keep_float: Iterable[str] = (),
+                 keep_float_calls: Iterable[tuple[str, object, int]] = ()) -> None:
+        super().__init__()
+        self.learn_ranges = True  # in training mode the quantisers follow the activations' ranges
+        self.qat = prepare(core, example, keep_float, keep_float_calls)
+        with torch.no_grad():  # gives the per-channel quantisers their shapes, which saved weights have
+            self.qat(example)
+        self.__dict__["_int8"] = None  # the converted graph: not a child, so .to() and state_dict skip it
+        self.register_load_state_dict_post_hook(lambda module, keys: module._drop_int8())
+
+    def _drop_int8(self) -> None:
+        self.__dict__["_int8"] = None
+
+    def train(self, mode: bool = True) -> Int8Network:
+        super().train(mode)
+        freeze_ranges(self.qat, frozen=not (mode and self.learn_ranges))
+        self._drop_int8()  # the weights may change in training; a later eval converts them again
+        return self
+
+    def take_float_parameters(self, values: Iterable[torch.Tensor]) -> None:
+        """Copy a float network's parameters, in the order of ``qat.parameters()``, into the graph;
+        the quantisers' ranges start afresh from the next batch seen in training mode."""
+        values, own = list(values), list(self.qat.parameters())
+        if [v.shape for v in values] != [p.shape for p in own]:
+            raise ValueError(f"the quantised graph's parameters do not match {type(self).__name__}'s float network")
+        with torch.no_grad():
+            for value, p in zip(values, own, strict=True):
+                p.copy_(value)
+        for module in self.qat.modules():
+            if hasattr(module, "reset_min_max_vals"):
+                module.reset_min_max_vals()
+        self._drop_int8()
+
+    def int8_graph(self) -> nn.Module:
+        """The int8 CPU graph of the current weights and ranges (converted once, then cached)."""
+        if self.__dict__["_int8"] is None:
+            self.__dict__["_int8"] = convert(self.qat)
+        return self.__dict__["_int8"]
+
+    def graph_for(self, x: torch.Tensor) -> nn.Module:
+        """The graph to run on ``x``: the int8 one for fp32 input on the CPU in eval mode, where this
+        PyTorch has the engine; the fake-quantised one (in float) otherwise."""
+        real = not self.training and x.device.type == "cpu" and x.dtype == torch.float32 and available()
+        return self.int8_graph() if real else self.qat
+
+
 def freeze_ranges(prepared: nn.Module, frozen: bool = True) -> None:
     """Stop (or restart) the quantisers' range observers; the ranges then stay as they are."""
     from torch.ao.quantization import disable_observer, enable_observer
@@ -171,5 +224,5 @@ def freeze_ranges(prepared: nn.Module, frozen: bool = True) -> None:
     prepared.apply(disable_observer if frozen else enable_observer)
 
 
-__all__ = ["ENGINE", "available", "convert", "fast_on_this_cpu", "freeze_ranges", "pixel_shuffle_channels_last",
-           "prepare"]
+__all__ = ["ENGINE", "Int8Network", "available", "convert", "fast_on_this_cpu", "freeze_ranges",
+           "pixel_shuffle_channels_last", "prepare"]

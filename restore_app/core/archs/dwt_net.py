@@ -139,7 +139,7 @@ class _Layers(nn.Module):
         return _maps(self, x)
 
 
-class DWTNetInt8(nn.Module):
+class DWTNetInt8(int8.Int8Network):
     """:class:`DWTNet` with 8-bit weights and activations (:mod:`restore_app.core.int8`).
 
     Holds the fake-quantised graph (``qat``), built from the float network with its batch norms
@@ -159,50 +159,20 @@ class DWTNetInt8(nn.Module):
 
     def __init__(self, widths: tuple[int, int, int, int] = (24, 48, 96, 128), cut_level: int = 3,
                  min_area: int = 8) -> None:
-        super().__init__()
+        # the last cat (index 4) joins the float heads' outputs: it stays float too
+        super().__init__(_Layers(DWTNet(widths).eval()), torch.rand(1, 3, 32, 32),
+                         keep_float=("fg", "direction", "energy.4"), keep_float_calls=(("", torch.cat, 4),))
         self.widths, self.cut_level, self.min_area = tuple(widths), int(cut_level), int(min_area)
-        self.learn_ranges = True  # in training mode the quantisers follow the activations' ranges
-        example = torch.rand(1, 3, 32, 32)
-        self.qat = int8.prepare(_Layers(DWTNet(widths).eval()), example,
-                                keep_float=("fg", "direction", "energy.4"), keep_float_calls=(("", torch.cat, 4),))
-        with torch.no_grad():  # gives the per-channel quantisers their shapes, which saved weights have
-            self.qat(example)
-        self.__dict__["_int8"] = None  # the converted graph: not a child, so .to() and state_dict skip it
-        self.register_load_state_dict_post_hook(lambda module, keys: module._drop_int8())
-
-    def _drop_int8(self) -> None:
-        self.__dict__["_int8"] = None
-
-    def train(self, mode: bool = True) -> DWTNetInt8:
-        super().train(mode)
-        int8.freeze_ranges(self.qat, frozen=not (mode and self.learn_ranges))
-        self._drop_int8()
-        return self
 
     def load_float_state(self, state: dict[str, torch.Tensor]) -> None:
         """Take the weights of a trained :class:`DWTNet` (same widths), batch norms folded; the
         quantisers' ranges start afresh from the next batch seen in training mode."""
         net = DWTNet(self.widths)
         net.load_state_dict(state)
-        # the quantised graph holds the same parameters under the same names (in call order)
-        source, target = dict(_Layers(net.eval()).named_parameters()), dict(self.qat.named_parameters())
-        if {k: v.shape for k, v in source.items()} != {k: v.shape for k, v in target.items()}:
-            raise ValueError("the quantised graph's parameters do not match DWTNet's")
-        with torch.no_grad():
-            for name, value in source.items():
-                target[name].copy_(value)
-        for module in self.qat.modules():
-            if hasattr(module, "reset_min_max_vals"):
-                module.reset_min_max_vals()
-        self._drop_int8()
-
-    def int8_graph(self) -> nn.Module:
-        """The int8 CPU graph of the current weights and ranges (converted once, then cached)."""
-        if self.__dict__["_int8"] is None:
-            self.__dict__["_int8"] = int8.convert(self.qat)
-        return self.__dict__["_int8"]
+        # the quantised graph holds the same parameters under the same names, in the order of the calls
+        source = dict(_Layers(net.eval()).named_parameters())
+        self.take_float_parameters(source[name] for name, _ in self.qat.named_parameters())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor(x, "input", ndim=4, channels=3)
-        real = not self.training and x.device.type == "cpu" and x.dtype == torch.float32 and int8.available()
-        return _on_whole_blocks(x, self.int8_graph() if real else self.qat)
+        return _on_whole_blocks(x, self.graph_for(x))

@@ -152,7 +152,7 @@ class _Layers(nn.Module):
         return _correction(self, xp)
 
 
-class JpegUNetInt8(nn.Module):
+class JpegUNetInt8(int8.Int8Network):
     """:class:`JpegUNet` with 8-bit weights and activations (:mod:`restore_app.core.int8`).
 
     Holds the fake-quantised graph (``qat``) that trains by quantisation-aware training and runs in
@@ -168,25 +168,10 @@ class JpegUNetInt8(nn.Module):
 
     def __init__(self, widths: tuple[int, int, int] = (48, 96, 128),
                  blocks: tuple[int, int, int] = (1, 2, 3), channels: int = 3) -> None:
-        super().__init__()
-        self.widths, self.blocks, self.channels = tuple(widths), tuple(blocks), channels
-        self.learn_ranges = True  # in training mode the quantisers follow the activations' ranges
         # the last convolution stays fp32, and so does the pixel shuffle of its output (the correction)
-        self.qat = int8.prepare(_Layers(JpegUNet(widths, blocks, channels)), torch.rand(1, channels, 16, 16),
-                                keep_float=("tail",), keep_float_calls=(("", torch.pixel_shuffle, 0),))
-        with torch.no_grad():  # gives the per-channel quantisers their shapes, which saved weights have
-            self.qat(torch.rand(1, channels, 16, 16))
-        self.__dict__["_int8"] = None  # the converted graph: not a child, so .to() and state_dict skip it
-        self.register_load_state_dict_post_hook(lambda module, keys: module._drop_int8())
-
-    def _drop_int8(self) -> None:
-        self.__dict__["_int8"] = None
-
-    def train(self, mode: bool = True) -> JpegUNetInt8:
-        super().train(mode)
-        int8.freeze_ranges(self.qat, frozen=not (mode and self.learn_ranges))
-        self._drop_int8()  # the weights may change in training; a later eval converts them again
-        return self
+        super().__init__(_Layers(JpegUNet(widths, blocks, channels)), torch.rand(1, channels, 16, 16),
+                         keep_float=("tail",), keep_float_calls=(("", torch.pixel_shuffle, 0),))
+        self.widths, self.blocks, self.channels = tuple(widths), tuple(blocks), channels
 
     def load_float_state(self, state: dict[str, torch.Tensor]) -> None:
         """Take the weights of a trained :class:`JpegUNet` (same widths, blocks and channels); the
@@ -195,24 +180,8 @@ class JpegUNetInt8(nn.Module):
         net.load_state_dict(state)
         # the quantised graph holds the same parameters in the same order, some renamed by fusion
         # (``enc1.0.conv2.weight`` is ``enc1.0.conv2.0.weight`` once fused with its addition)
-        source, target = list(_Layers(net).parameters()), list(self.qat.parameters())
-        if [p.shape for p in source] != [p.shape for p in target]:
-            raise ValueError("the quantised graph's parameters do not match JpegUNet's")
-        with torch.no_grad():
-            for value, own in zip(source, target, strict=True):
-                own.copy_(value)
-        for module in self.qat.modules():
-            if hasattr(module, "reset_min_max_vals"):
-                module.reset_min_max_vals()
-        self._drop_int8()
-
-    def int8_graph(self) -> nn.Module:
-        """The int8 CPU graph of the current weights and ranges (converted once, then cached)."""
-        if self.__dict__["_int8"] is None:
-            self.__dict__["_int8"] = int8.convert(self.qat)
-        return self.__dict__["_int8"]
+        self.take_float_parameters(_Layers(net).parameters())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor(x, "input", ndim=4, channels=self.channels)
-        real = not self.training and x.device.type == "cpu" and x.dtype == torch.float32 and int8.available()
-        return _on_block_grid(x, self.int8_graph() if real else self.qat)
+        return _on_block_grid(x, self.graph_for(x))
