@@ -432,6 +432,7 @@ def cmd_info(args) -> int:
     import os
 
     import torch
+    from threadpoolctl import threadpool_info
 
     from restore_app.core import int8
     from restore_app.core.engine import configure_cpu_threads, cpu_has_fast_bf16, select_device
@@ -450,6 +451,8 @@ def cmd_info(args) -> int:
         "cpu_bf16": cpu_has_fast_bf16(),
         "cpu_int8": int8.fast_on_this_cpu(),  # the *-int8 models run several times faster than fp32
         "threads": torch.get_num_threads(),
+        "blas_threads": max((lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"),
+                            default=None),  # NumPy's and SciPy's: 1 unless OPENBLAS_NUM_THREADS says otherwise
         "malloc_tunables": GLIBC_TUNABLES in os.environ.get("GLIBC_TUNABLES", ""),
         "ffmpeg": ffmpeg_exe(),
         "model_paths": [f"{path} ({label})" for path, label in default_model_paths()],

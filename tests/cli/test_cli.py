@@ -189,3 +189,5 @@ def test_launcher_sets_malloc_tunables(monkeypatch):
         assert info["malloc_tunables"] is True
         assert info["threads"] >= 1 and info["device"] in ("cpu", "cuda", "mps")
         assert isinstance(info["cpu_int8"], bool)
+        if os.environ.get("OPENBLAS_NUM_THREADS", "1") == "1":  # the user's own setting is kept
+            assert info["blas_threads"] == 1  # OpenBLAS's spinning workers would take PyTorch's cores
