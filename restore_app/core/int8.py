@@ -12,7 +12,8 @@ tensor ops, no shape-dependent Python) and the wrapping it does around the core 
 residual connections to the input in fp32). :func:`prepare` turns the core into the fake-quantised
 graph that trains and runs anywhere (CUDA included, in float); :func:`convert` turns that graph into
 the real int8 one for the CPU. Layers named in ``keep_float`` stay fp32 (for example the last
-convolution, whose output is added to the image).
+convolution, whose output is added to the image). :class:`Int8Network` holds both graphs for a
+model's int8 form (the JPEG U-Net's and the DWT's derive from it).
 
 Built on ``torch.ao.quantization`` (FX graph mode, oneDNN backend), which PyTorch has deprecated in
 favour of ``torchao``; the project pins torch, and :func:`available` says whether this build still
