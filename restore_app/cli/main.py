@@ -370,9 +370,10 @@ def cmd_bench(args) -> int:
     if args.task == "segment":
         from restore_app.core.bench import bench_segment, format_segment_table
 
-        # one folder of images/ and labels/, given as DIR or NAME=DIR like the other benches' data
-        name, sep, folder = args.data[0].partition("=") if args.data else ("", "", "")
-        root = Path(folder if sep else name) if args.data else datasets_root() / "nuclei_he"
+        root = datasets_root() / "nuclei_he"
+        if args.data:  # one folder of images/ and labels/, as DIR or NAME=DIR like the other benches' data
+            name, sep, folder = args.data[0].partition("=")
+            root = Path(folder if sep else name)
         models = args.models or [m.id for m in default_registry().manifests("segment")]
         rows = bench_segment(models, root, engine=_engine(args))
         print(format_segment_table(rows))

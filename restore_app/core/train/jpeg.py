@@ -101,8 +101,8 @@ def manifest_fields(cfg: JpegTrainConfig) -> dict:
         return fields
     return {**fields, "id": fields["id"] + "-int8", "name": fields["name"].replace("(blind", "(int8, blind"),
             "description": fields["description"] + " 8-bit weights and activations, trained for them: about "
-                                                   "twice as fast as the fp32 model on CPUs with VNNI or AMX "
-                                                   "int8 instructions.",
+                                                   "three times as fast as the fp32 model on CPUs with VNNI or "
+                                                   "AMX int8 instructions.",
             "architecture": "jpeg_unet_int8", "precisions": ["int8"]}
 
 
