@@ -243,9 +243,51 @@ def test_int8_network_follows_the_float_one_and_runs_int8_kernels():
     result = next(n for n in q.int8_graph().graph.nodes if n.op == "output").args[0]
     assert result.target is int8.pixel_shuffle_channels_last
     assert result.args[0].op == "call_module" and result.args[0].target == "tail"
-    kinds = {type(m).__module__ for m in q.int8_graph().modules()}
-    assert any(k.startswith("torch.ao.nn.intrinsic.quantized") for k in kinds)  # fused int8 conv + add
-    assert any(k.startswith("torch.ao.nn.quantized") for k in kinds)
+    assert isinstance(q.int8_graph().tail, int8.Int8InputConv2d)  # on the 8-bit input, without a dequantize
+    kinds = {type(m).__name__ for m in q.int8_graph().modules()}
+    assert {"ConvAdd2d", "ConvReLU2d"} <= kinds  # fused int8 conv + add, conv + ReLU
+
+
+@needs_int8
+def test_int8_graph_fuses_the_upsamplings_relus_without_changing_a_value(monkeypatch):
+    """The ReLU after each sub-pixel up-sampling moves into its convolution: no ReLU is left in the
+    graph, and the output is bit for bit what the graph with the ReLUs gives."""
+    _, q = _trained_pair()
+    x = _smooth((1, 1, 64, 96), 5)
+    fused = q.int8_graph()
+
+    def relus(graph_module):
+        return [n for n in graph_module.graph.nodes if n.op == "call_function"
+                and n.target in (torch.relu, torch.nn.functional.relu)]
+
+    monkeypatch.setattr(int8, "_relus_into_convs", lambda graph_module: None)  # convert without the fusion
+    q._drop_int8()
+    plain = q.int8_graph()
+    assert len(relus(plain)) == 2 and not relus(fused)
+    with torch.inference_mode():
+        assert torch.equal(fused(x), plain(x))
+
+
+@needs_int8
+@pytest.mark.filterwarnings("ignore:.*quantize_per_tensor:UserWarning")
+def test_int8_input_convolution_is_the_float_one_on_rounded_weights():
+    """An int8-input convolution gives in fp32 what the float convolution gives on the dequantised input
+    with its weights through the weight quantiser (as quantisation-aware training sees it)."""
+    torch.manual_seed(3)
+    conv = torch.nn.Conv2d(16, 4, 3, padding=1)
+    x = torch.rand(1, 16, 20, 28).contiguous(memory_format=torch.channels_last)
+    qx = torch.quantize_per_tensor(x, 1 / 200, 7, torch.quint8)
+    out = int8.Int8InputConv2d(conv)(qx)
+    trained = int8._WeightFakeQuantConv2d(16, 4, 3, padding=1)
+    trained.load_state_dict(conv.state_dict())
+    with torch.no_grad():
+        ref, unrounded = trained(qx.dequantize()), conv(qx.dequantize())
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    assert float((out - ref).abs().max()) < 1e-4 < float((unrounded - ref).abs().max())
+    with pytest.raises(ValueError, match="explicit zero padding"):
+        int8.Int8InputConv2d(torch.nn.Conv2d(16, 4, 3, padding="same"))
+    with pytest.raises(ValueError, match="keep_float"):
+        int8.prepare(torch.nn.Sequential(conv), x, int8_input=("0",))
 
 
 @needs_int8

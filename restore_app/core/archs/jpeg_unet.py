@@ -168,9 +168,11 @@ class JpegUNetInt8(int8.Int8Network):
 
     def __init__(self, widths: tuple[int, int, int] = (48, 96, 128),
                  blocks: tuple[int, int, int] = (1, 2, 3), channels: int = 3) -> None:
-        # the last convolution stays fp32, and so does the pixel shuffle of its output (the correction)
+        # the last convolution's output stays fp32 (on 8-bit input, with 8-bit weights), and so does the
+        # pixel shuffle of it (the correction)
         super().__init__(_Layers(JpegUNet(widths, blocks, channels)), torch.rand(1, channels, 16, 16),
-                         keep_float=("tail",), keep_float_calls=(("", torch.pixel_shuffle, 0),))
+                         keep_float=("tail",), keep_float_calls=(("", torch.pixel_shuffle, 0),),
+                         int8_input=("tail",))
         self.widths, self.blocks, self.channels = tuple(widths), tuple(blocks), channels
 
     def load_float_state(self, state: dict[str, torch.Tensor]) -> None:
