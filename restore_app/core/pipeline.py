@@ -205,7 +205,8 @@ class Restorer:
         res = np.clip(res, 0.0, 1.0)
         if self.engine.config.jpeg_constraint and any(g is not None for g in grids):
             start = time.perf_counter()
-            res = np.stack([r if g is None else np.clip(project(r, d, g[1], m.jpeg_constraint, g[0]), 0.0, 1.0)
+            res = np.stack([r if g is None else np.clip(project(r, d, g.table, m.jpeg_constraint, g.offset,
+                                                                blocks=g.blocks), 0.0, 1.0)
                             for r, d, g in zip(res, x, grids, strict=True)])
             self.seconds += time.perf_counter() - start
         if alpha is not None:
@@ -223,7 +224,7 @@ class Restorer:
         start = time.perf_counter()
         grids = [find_grid(im) for im in batch]
         self.seconds += time.perf_counter() - start
-        offsets = {g[0] if g is not None else None for g in grids}
+        offsets = {g.offset if g is not None else None for g in grids}
         if len(offsets) != 1 or None in offsets:
             return grids, (0, 0)
         dy, dx = offsets.pop()

@@ -23,6 +23,7 @@ differentiable :func:`clip_tensor`), so that the loss sees what the engine will 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -124,7 +125,12 @@ def _lattice_step(samples: np.ndarray) -> int:
         return 0
     if samples.size > _MAX_SAMPLES:  # evenly spread over the image
         samples = samples[np.linspace(0, samples.size - 1, _MAX_SAMPLES).astype(np.int64)]
-    steps = np.arange(_MIN_STEP, int(min(255, np.abs(samples).max() + _TOL)) + 1, dtype=np.float32)
+    # A step q fits only if at most a share 1 − _FIT of the samples lie below q − _TOL (those are near
+    # no multiple of q: not 0, as |s| > _TOL, nor ±q), so the step can be at most the magnitude that
+    # many samples reach, plus _TOL: the steps above it cannot fit and are not tried.
+    allowed_off = min(samples.size - 1, int((1.0 - _FIT) * samples.size + 1e-6))
+    top = np.partition(np.abs(samples), allowed_off)[allowed_off] + _TOL
+    steps = np.arange(_MIN_STEP, int(min(255, top)) + 1, dtype=np.float32)
     # a coefficient off any lattice lands within _TOL of a multiple of q with chance 2·_TOL/q
     needed = np.maximum(_MIN_SAMPLES, np.log(_CHANCE) / np.log(2 * _TOL / steps))
     off = np.abs(samples[None, :] - steps[:, None] * np.rint(samples[None, :] / steps[:, None]))
@@ -200,23 +206,23 @@ def _bounds(coefs: np.ndarray, usable: np.ndarray, table: np.ndarray, shrink: fl
     """The narrowed quantisation interval ``(lo, hi)`` of each coefficient of ``coefs`` ``(Hb, Wb, 8, 8)``;
     unbounded (±inf) in unusable blocks and at unknown table entries (0)."""
     q = np.asarray(table, dtype=np.float32)
-    known = (q > 0) & usable[:, :, None, None]
     qs = np.where(q > 0, q, np.float32(1.0))
-    k = np.rint(coefs / qs)
-    inf = np.float32(np.inf)
-    return (np.where(known, (k - 0.5 + shrink) * qs, -inf).astype(np.float32),
-            np.where(known, (k + 0.5 - shrink) * qs, inf).astype(np.float32))
+    centre = np.rint(coefs / qs) * qs
+    half = np.float32(0.5 - shrink) * qs
+    lo, hi = centre - half, centre + half
+    unknown = ~((q > 0) & usable[:, :, None, None])
+    np.copyto(lo, -np.inf, where=unknown)
+    np.copyto(hi, np.inf, where=unknown)
+    return lo, hi
 
 
-def _project(restored: np.ndarray, coefs: np.ndarray, usable: np.ndarray, table: np.ndarray,
-             shrink: float) -> np.ndarray:
-    res = np.array(restored, dtype=np.float32, copy=True)
+def _project(res: np.ndarray, coefs: np.ndarray, usable: np.ndarray, table: np.ndarray, shrink: float) -> None:
+    """Project ``res`` (float32, grid at its corner) in place."""
     for rows in _strips(usable.shape[0]):
         region = _pixels(rows, usable.shape[1])
-        out = block_dct(luma(restored[region]))
+        out = block_dct(luma(res[region]))
         delta = block_idct(np.clip(out, *_bounds(coefs[rows], usable[rows], table, shrink)) - out) / np.float32(255.0)
         res[region] += delta if res.ndim == 2 else delta[..., None]
-    return res
 
 
 def _check(restored: np.ndarray, decoded: np.ndarray, shrink: float) -> None:
@@ -250,9 +256,21 @@ def _central_crop(image: np.ndarray, offset: tuple[int, int]) -> np.ndarray:
     return image[top:top + _CROP, left:left + _CROP]
 
 
-def find_grid(decoded: np.ndarray) -> tuple[tuple[int, int], np.ndarray] | None:
-    """Where a decoded JPEG's 8×8 grid starts, ``(dy, dx)`` in 0–7, and its luma table (as
-    :func:`estimate_table`); ``None`` when there is none.
+@dataclass(frozen=True, eq=False)
+class JpegGrid:
+    """What :func:`find_grid` found in a decoded JPEG: where its 8×8 grid starts, ``offset`` ``(dy, dx)``
+    in 0–7, and its luma ``table`` (as :func:`estimate_table`). ``blocks``: the decoded image's luma
+    coefficients and usable blocks from the offset, kept where the search transformed the whole image
+    (a small one), so that :func:`project` need not transform it again."""
+
+    offset: tuple[int, int]
+    table: np.ndarray
+    blocks: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+
+def find_grid(decoded: np.ndarray) -> JpegGrid | None:
+    """Where a decoded JPEG's 8×8 grid starts and its luma table (:class:`JpegGrid`); ``None`` when
+    there is none.
 
     Most images are on the grid from the top-left corner. A JPEG cropped afterwards (a screenshot,
     an edit saved without recompression) has it elsewhere: there the largest steps between pixels
@@ -266,8 +284,10 @@ def find_grid(decoded: np.ndarray) -> tuple[tuple[int, int], np.ndarray] | None:
     if phases[0][0] == 0 and phases[1][0] == 0:  # the block boundaries are where a corner grid puts them
         # measured on block rows spread over the image: samples enough, while :func:`project`
         # transforms the whole image once
-        table = estimate_table(_block_rows(decoded))
-        return None if table is None else ((0, 0), table)
+        rows = _block_rows(decoded)
+        blocks = _decoded_blocks(rows)
+        table = _complete(_measure(*blocks), _MIN_ENTRIES)
+        return None if table is None else JpegGrid((0, 0), table, blocks if rows is decoded else None)
     # elsewhere: the corner and the two strongest phases on each axis, compared by how many of the 64
     # frequencies show a lattice on a central crop starting on each one's grid (a grid half a block
     # off can show a few by chance; the true one shows the most)
@@ -275,11 +295,11 @@ def find_grid(decoded: np.ndarray) -> tuple[tuple[int, int], np.ndarray] | None:
     measured = {o: _measure(*_decoded_blocks(_central_crop(decoded, o))) for o in candidates}
     offset = max(measured, key=lambda o: int((measured[o] > 0).sum()))
     table = _complete(measured[offset], _MIN_ENTRIES)
-    return None if table is None else (offset, table)
+    return None if table is None else JpegGrid(offset, table)
 
 
 def project(restored: np.ndarray, decoded: np.ndarray, table: np.ndarray, shrink: float = 0.0,
-            offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+            offset: tuple[int, int] = (0, 0), *, blocks: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Clip the luma DCT coefficients of ``restored`` into the quantisation intervals of ``decoded``.
 
     Both are float images in [0, 1] of the same shape (grey or RGB), with the 8×8 grid starting at
@@ -287,12 +307,13 @@ def project(restored: np.ndarray, decoded: np.ndarray, table: np.ndarray, shrink
     of its step on each side: a restoration whose coefficient falls outside its interval is more
     likely to belong somewhat inside the edge than on it. Blocks with clipped pixels, partial blocks
     at the edges and unknown table entries (0) are left alone. The luma change is added to every
-    channel, which leaves the chroma as it was.
+    channel, which leaves the chroma as it was. ``blocks``: the decoded image's coefficients, as
+    :class:`JpegGrid` may hold them.
     """
     _check(restored, decoded, shrink)
     dy, dx = offset
     res = np.array(restored, dtype=np.float32, copy=True)
-    res[dy:, dx:] = _project(restored[dy:, dx:], *_decoded_blocks(decoded[dy:, dx:]), table, shrink)
+    _project(res[dy:, dx:], *(blocks or _decoded_blocks(decoded[dy:, dx:])), table, shrink)
     return res
 
 
@@ -301,7 +322,8 @@ def apply_constraint(restored: np.ndarray, decoded: np.ndarray, shrink: float = 
     unchanged when it finds none."""
     _check(restored, decoded, shrink)
     grid = find_grid(decoded)
-    return restored if grid is None else project(restored, decoded, grid[1], shrink, grid[0])
+    return restored if grid is None else project(restored, decoded, grid.table, shrink, grid.offset,
+                                                 blocks=grid.blocks)
 
 
 def intervals(decoded: np.ndarray, table: np.ndarray, shrink: float = 0.0) -> tuple[np.ndarray, np.ndarray]:

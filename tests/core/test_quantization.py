@@ -89,13 +89,14 @@ def test_find_grid_locates_a_jpeg_cropped_off_its_grid(astronaut, coffee, qualit
         decoded = jpeg_compress(img, quality)
         for dy, dx in ((0, 0), (0, 4), (3, 0), (5, 2)):
             found = find_grid(decoded[dy:, dx:].astype(np.float32) / 255)
-            assert found is not None and found[0] == ((8 - dy) % 8, (8 - dx) % 8), (img.shape, dy, dx)
-            np.testing.assert_array_equal(found[1], ijg_table(quality))
+            assert found is not None and found.offset == ((8 - dy) % 8, (8 - dx) % 8), (img.shape, dy, dx)
+            np.testing.assert_array_equal(found.table, ijg_table(quality))
     clean, dec = astronaut[3:256, 5:256, 0], jpeg_compress(astronaut[:256, :256, 0], 20)[3:, 5:]
     dec = dec.astype(np.float32) / 255
     restored = gaussian_blur(dec, 1.0)
-    offset, table = find_grid(dec)
-    fixed = project(restored, dec, table, 0.0, offset)
+    grid = find_grid(dec)
+    offset = grid.offset
+    fixed = project(restored, dec, grid.table, 0.0, offset)
     target = clean.astype(np.float64) / 255
     assert _psnr(fixed, target) > _psnr(restored, target) + 0.5
     np.testing.assert_array_equal(fixed[:offset[0]], restored[:offset[0]])
