@@ -52,6 +52,9 @@ _STRIP = 64        # block rows worked on at a time (bounded memory on large ima
 _MAX_SAMPLES = 200  # enough: a step needs at most 30 (_CHANCE)
 _CROP = 512        # side of the crop on which an off-corner grid is confirmed
 _SPREAD_BLOCKS = 8192  # blocks a corner grid is measured on
+# a grid that shows a lattice in this many of the 64 frequencies is the true one: on 1,680 crops 1–7
+# pixels off the grid (35 BSDS500 test and Classic5 images, JPEG q10–95) the wrong grid showed at most 13
+_SURE_ENTRIES = 32
 MAX_SHRINK = 0.49  # the interval shrink may not close an interval
 
 
@@ -111,11 +114,13 @@ def _usable_blocks(decoded: np.ndarray) -> np.ndarray:
     did not move off the lattice: ``(H // 8, W // 8)`` bool."""
     x = np.asarray(decoded)
     x = x if x.ndim == 2 else x[..., :3]
-    h, w = x.shape[0] // BLOCK * BLOCK, x.shape[1] // BLOCK * BLOCK
-    clipped = (x[:h, :w] < 0.5 / 255) | (x[:h, :w] > 254.5 / 255)
-    if clipped.ndim == 3:
-        clipped = clipped.any(axis=2)
-    return ~clipped.reshape(h // BLOCK, BLOCK, w // BLOCK, BLOCK).any(axis=(1, 3))
+    hb, wb = x.shape[0] // BLOCK, x.shape[1] // BLOCK
+    channels = x.shape[2] if x.ndim == 3 else 1
+    clipped = (x[:hb * BLOCK, :wb * BLOCK] < 0.5 / 255) | (x[:hb * BLOCK, :wb * BLOCK] > 254.5 / 255)
+    # reduced along the contiguous last axis first (each block row's 8 pixels and their channels), then
+    # over the block's 8 rows: four times faster on colour than one reduction over the strided axes
+    in_rows = clipped.reshape(hb * BLOCK, wb, BLOCK * channels).any(axis=2)
+    return ~in_rows.reshape(hb, BLOCK, wb).any(axis=1)
 
 
 def _lattice_step(samples: np.ndarray) -> int:
@@ -276,7 +281,7 @@ def find_grid(decoded: np.ndarray) -> JpegGrid | None:
     an edit saved without recompression) has it elsewhere: there the largest steps between pixels
     fall on the block boundaries. When they are not where a corner grid puts them, the two strongest
     phases per axis and the corner are the candidates, and the one whose central crop shows the
-    lattice in the most frequencies wins.
+    lattice in the most frequencies wins (the first to show it in half of them, if one does).
     """
     y = luma(decoded)
     phases = [np.argsort(_boundary_steps(y, axis))[::-1][:2] if y.shape[axis] > 4 * BLOCK else np.zeros(1, int)
@@ -290,9 +295,15 @@ def find_grid(decoded: np.ndarray) -> JpegGrid | None:
         return None if table is None else JpegGrid((0, 0), table, blocks if rows is decoded else None)
     # elsewhere: the corner and the two strongest phases on each axis, compared by how many of the 64
     # frequencies show a lattice on a central crop starting on each one's grid (a grid half a block
-    # off can show a few by chance; the true one shows the most)
+    # off can show a few by chance; the true one shows the most). They are tried in that order, up to
+    # one sure to be the grid: a high-quality JPEG shows no blocking, so it comes here with its grid
+    # at the corner, where most frequencies show the lattice.
     candidates = dict.fromkeys([(0, 0)] + [(int(r), int(c)) for r in phases[0] for c in phases[1]])
-    measured = {o: _measure(*_decoded_blocks(_central_crop(decoded, o))) for o in candidates}
+    measured = {}
+    for o in candidates:
+        measured[o] = _measure(*_decoded_blocks(_central_crop(decoded, o)))
+        if (measured[o] > 0).sum() >= _SURE_ENTRIES:
+            break
     offset = max(measured, key=lambda o: int((measured[o] > 0).sum()))
     table = _complete(measured[offset], _MIN_ENTRIES)
     return None if table is None else JpegGrid(offset, table)
