@@ -103,6 +103,18 @@ def test_find_grid_locates_a_jpeg_cropped_off_its_grid(astronaut, coffee, qualit
     np.testing.assert_array_equal(fixed[:, :offset[1]], restored[:, :offset[1]])
 
 
+def test_find_grid_keeps_a_small_images_coefficients_for_the_projection(astronaut):
+    """On an image small enough to be searched whole, the search keeps the decoded coefficients, and
+    the projection given them is the projection that computes them itself."""
+    dec = jpeg_compress(astronaut[:256, :256, 0], 20).astype(np.float32) / 255
+    grid = find_grid(dec)
+    assert grid is not None and grid.offset == (0, 0) and grid.blocks is not None
+    restored = gaussian_blur(dec, 1.0)
+    np.testing.assert_array_equal(project(restored, dec, grid.table, 0.15, grid.offset, blocks=grid.blocks),
+                                  project(restored, dec, grid.table, 0.15, grid.offset))
+    assert find_grid(dec[3:, 5:]).blocks is None  # off the corner: searched on a crop
+
+
 def test_estimate_table_reads_a_camera_jpeg_and_not_h264_frames(datasets, astronaut, tmp_path):
     """A camera's JPEG file read from disk gives the table stored in it; frames of an H.264 video
     (real ffmpeg, a coarse CRF) give none: a video through a JPEG
