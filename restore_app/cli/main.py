@@ -305,11 +305,17 @@ def cmd_models(args) -> int:
                           "issues": [{"source": i.source, "message": i.message} for i in registry.issues]},
                          indent=2))
         return 0
+    from restore_app.core import int8
+
+    defaults = {m.id for m in manifests if m.default}
+    # int8 forms stand in for their default where int8 is fast (the GUI's default on such a CPU)
+    stand_ins = {m.id for m in manifests if m.int8_of in defaults} if int8.fast_on_this_cpu() else set()
     print(f"{'id':24s} {'task':9s} {'input':6s} {'scale':>5s}  {'source':10s} name")
     for m in manifests:
-        star = "*" if m.default else " "
+        star = "*" if m.default else ("+" if m.id in stand_ins else " ")
         print(f"{m.id:24s} {m.task:9s} {m.input:6s} {m.scale:>5d}{star} {m.source:10s} {m.name}")
-    print("(* = the task's default model)")
+    note = "; + = the int8 form that stands in for it on this CPU, which has fast int8" if stand_ins else ""
+    print(f"(* = the task's default model{note})")
     for issue in registry.issues:
         print(f"error in {issue.source}: {issue.message}", file=sys.stderr)
     return 0

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from restore_app.core import int8
 from restore_app.core.engine import Engine
 from restore_app.core.io import read_image, to_float, write_image
 from restore_app.core.jobs import CancelToken, check_cancel
@@ -56,7 +57,7 @@ def run_demo(out_dir: str | Path, engine: Engine | None = None, registry: Regist
         task = degradation.task
         if not registry.manifests(task):
             continue
-        manifest = registry.default(task)
+        manifest = registry.default(task, int8=int8.preferred(str(engine.device), engine.config.precision))
         if task == "vsr":
             degradation = Degradation("downscale", factor=manifest.scale)
         restorer = Restorer(registry.load(manifest), engine)

@@ -53,6 +53,15 @@ def fast_on_this_cpu() -> bool:
     return available() and any(flags.get(k) for k in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
+def preferred(device: str = "auto", precision: str = "auto") -> bool:
+    """Whether an engine with these settings should run a task's default model in its int8 form
+    (``int8_of`` in the int8 model's manifest): on the CPU, with the precision left to the model,
+    where int8 is fast (:func:`fast_on_this_cpu`)."""
+    from restore_app.core.engine import select_device
+
+    return precision == "auto" and select_device(device).type == "cpu" and fast_on_this_cpu()
+
+
 def _backend_config():
     import torch.ao.quantization.backend_config.utils  # noqa: F401  (onednn's config needs it imported)
     from torch.ao.quantization.backend_config import get_onednn_backend_config
@@ -81,7 +90,8 @@ def _qconfig_mapping(keep_float: Iterable[str], keep_float_calls: Iterable[tuple
 def _weight_scale(w: torch.Tensor) -> torch.Tensor:
     """The int8 conversion's weight scales: signed 8-bit, symmetric, one per output channel, from the
     weight's own extremes (as ``MovingAveragePerChannelMinMaxObserver`` sets them for a fixed weight)."""
-    return (w.detach().abs().amax(dim=tuple(range(1, w.ndim))) / 127.5).clamp_min(torch.finfo(torch.float32).eps).float()
+    extremes = w.detach().abs().amax(dim=tuple(range(1, w.ndim)))
+    return (extremes / 127.5).clamp_min(torch.finfo(torch.float32).eps).float()
 
 
 class _WeightFakeQuantConv2d(nn.Conv2d):
@@ -345,4 +355,4 @@ def freeze_ranges(prepared: nn.Module, frozen: bool = True) -> None:
 
 
 __all__ = ["ENGINE", "Int8InputConv2d", "Int8Network", "available", "convert", "fast_on_this_cpu", "freeze_ranges",
-           "pixel_shuffle_channels_last", "prepare"]
+           "pixel_shuffle_channels_last", "preferred", "prepare"]

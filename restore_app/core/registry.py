@@ -64,7 +64,9 @@ class ModelManifest:
     ``keep_samples`` (``cfa`` models): when the mosaic is declared noise-free (σ = 0), the result
     keeps its samples exactly where they were measured. ``max_tile`` caps the engine's tile size for
     this model (0: no cap), for models whose memory grows faster with the tile (clip models hold a
-    whole chunk of frames per tile).
+    whole chunk of frames per tile). ``int8_of`` (int8 models): the id of the float model this one
+    restores at least as well by default; where int8 is fast (a CPU with VNNI or AMX) it stands in
+    for that model as the task's default (:meth:`Registry.default`).
     """
 
     id: str
@@ -95,6 +97,7 @@ class ModelManifest:
     metrics: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     description: str = ""
     default: bool = False
+    int8_of: str = ""
     root: Path | None = None
     source: str = "built-in"
 
@@ -164,6 +167,9 @@ def parse_manifest(data: Mapping[str, Any], root: Path | None = None,
            "[\"int8\"] alone for an int8 model (it has no float precisions to choose from)")
     for key in ("ensemble", "ensemble_full"):
         expect(key, set(d.get(key, ())) <= set(ENSEMBLE_TRANSFORMS), f"a list of {', '.join(ENSEMBLE_TRANSFORMS)}")
+    if d.get("int8_of"):
+        expect("int8_of", isinstance(d["int8_of"], str) and bool(_ID_RE.match(d["int8_of"]))
+               and tuple(d.get("precisions", ())) == ("int8",), "a model id, in an int8 model's manifest")
     if d.get("jpeg_constraint") is not None:
         expect("jpeg_constraint", isinstance(d["jpeg_constraint"], (int, float))
                and not isinstance(d["jpeg_constraint"], bool) and 0 <= d["jpeg_constraint"] <= MAX_SHRINK,
@@ -413,18 +419,22 @@ class Registry:
             raise ModelNotFoundError(f"unknown model {model_id!r}; known models: {known}")
         return found[model_id]
 
-    def default(self, task: str, grey: bool = False) -> ModelManifest:
+    def default(self, task: str, grey: bool = False, int8: bool = False) -> ModelManifest:
         """The task's default model (``default = true`` in its manifest, else the first by id).
 
         A task may mark a colour and a grey default: for ``grey`` input the one that takes one
-        channel is preferred, otherwise one that takes three.
+        channel is preferred, otherwise one that takes three. With ``int8`` (where int8 models are
+        fast: :func:`restore_app.core.int8.preferred`), an int8 model whose ``int8_of`` names the
+        default stands in for it.
         """
         candidates = self.manifests(task)
         if not candidates:
             raise ModelNotFoundError(f"no model for task {task!r}")
         marked = [m for m in candidates if m.default] or candidates[:1]
         fits = [m for m in marked if (1 if grey else 3) in m.channels]
-        return (fits or marked)[0]
+        chosen = (fits or marked)[0]
+        forms = [m for m in candidates if int8 and m.int8_of == chosen.id]
+        return forms[0] if forms else chosen
 
     def load(self, model: str | ModelManifest) -> LoadedModel:
         """Build a model by id or manifest, with its weights loaded (on the CPU)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from restore_app.core import int8
 from restore_app.core.engine import Engine, EngineConfig
 from restore_app.core.errors import InputError
 from restore_app.core.io import (
@@ -215,7 +216,7 @@ class MainViewModel:
         starts_right = self.chain and undoes(self.registry.get(self.chain[0]))
         candidates = self.registry.manifests(degradation.task)
         if candidates and not (starts_right and self._chain_applies(self.chain)):
-            default = self.registry.default(degradation.task)
+            default = self.default_model(degradation.task)
             matching = [m for m in candidates if undoes(m)]
             self.chain = [(default if undoes(default) or not matching else matching[0]).id]
 
@@ -268,7 +269,15 @@ class MainViewModel:
             firsts = self.first_models()
             return [firsts[0].id] if firsts else []
         grey = self.document is not None and self.document.raw is None and self.document.image.ndim == 2
-        return [self.registry.default(task, grey=grey).id]
+        return [self.default_model(task, grey=grey).id]
+
+    def default_model(self, task: str, grey: bool = False) -> ModelManifest:
+        """The task's default model, in its int8 form where the settings run on a CPU with fast int8."""
+        try:
+            fast = int8.preferred(self.settings.device, self.settings.precision)
+        except InputError:  # a device set but not present here: the engine will say so
+            fast = False
+        return self.registry.default(task, grey=grey, int8=fast)
 
     def chain_scale(self) -> int:
         return int(np.prod([self.registry.get(i).scale for i in self.chain])) if self.chain else 1

@@ -37,7 +37,12 @@ def test_models_json_lists_every_task():
     assert tasks == {"demosaic", "jpeg", "vsr", "segment"}
     assert data["issues"] == []
     text = restore("models").stdout
-    assert "bicubic-x4" in text and "(* = the task's default model)" in text
+    assert "bicubic-x4" in text and "(* = the task's default model" in text
+    from restore_app.core import int8
+
+    # the grey JPEG model's int8 form is marked where it stands in for it: on this CPU if it has fast int8
+    line = next(row for row in text.splitlines() if row.startswith("restore-jpeg-grey-int8 "))
+    assert (line.split()[3].endswith("+") and "+ = the int8 form" in text) == int8.fast_on_this_cpu()
 
 
 def test_run_and_compare(tmp_path, coffee):
@@ -56,7 +61,8 @@ def test_run_and_compare(tmp_path, coffee):
     assert same["psnr"] is None and same["ssim"] == pytest.approx(1.0)  # inf is not JSON: null
 
 
-@pytest.mark.parametrize(("model", "size"), [("bicubic-x2", (192, 128)), ("restore-jpeg", (96, 64))])
+@pytest.mark.parametrize(("model", "size"), [("bicubic-x2", (192, 128)), ("restore-jpeg", (96, 64)),
+                                           ("restore-jpeg-int8", (96, 64))])
 def test_run_video(tmp_path, model, size):
     clip = make_clip(tmp_path / "in.mp4", seconds=1, rate="8", audio=True)
     restore("run", clip, "-o", tmp_path / "out.mp4", "--model", model, "--crf", "20")

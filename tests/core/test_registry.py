@@ -64,6 +64,8 @@ def test_unknown_id_lists_known_ones():
     ({"jpeg_constraint": -0.1}, "jpeg_constraint must be"),
     ({"jpeg_constraint": True}, "jpeg_constraint must be"),
     ({"jpeg_constraint": "0.1"}, "jpeg_constraint must be"),
+    ({"int8_of": "a-model"}, "int8_of must be"),  # on a float model
+    ({"int8_of": "Bad Id", "precisions": ["int8"]}, "int8_of must be"),
 ])
 def test_manifest_validation(change, message):
     with pytest.raises(ModelLoadError, match=message):
@@ -215,6 +217,27 @@ def test_env_path_is_searched(tmp_path, monkeypatch):
     reg = Registry(entry_points=False)
     assert reg.get("my-model").source == "RESTORE_MODELS_PATH"
     assert "bilinear-demosaic" in reg.ids()
+
+
+def test_an_int8_form_stands_in_for_its_default_where_int8_is_fast(tmp_path):
+    """``int8_of`` makes an int8 model the default in place of the float one it names, only when asked
+    (an engine on a CPU with fast int8: ``int8.preferred``); the shipped grey JPEG model has one."""
+    zoo = tmp_path / "zoo"
+    _model_folder(zoo / "a", "a-grey", "identity", None, extra="default = true\nchannels = [1]\n")
+    _model_folder(zoo / "b", "b-grey-int8", "identity", None,
+                  extra='channels = [1]\nprecisions = ["int8"]\nint8_of = "a-grey"\n')
+    _model_folder(zoo / "c", "c-colour", "identity", None, extra="default = true\n")
+    reg = Registry(paths=[(zoo, "zoo")], entry_points=False)
+    assert reg.default("jpeg", grey=True).id == "a-grey"
+    assert reg.default("jpeg", grey=True, int8=True).id == "b-grey-int8"
+    assert reg.default("jpeg", int8=True).id == "c-colour"  # no int8 form of the colour default
+    shipped = default_registry()
+    assert shipped.default("jpeg", grey=True, int8=True).id == "restore-jpeg-grey-int8"
+    assert shipped.default("jpeg", int8=True).id == shipped.default("jpeg").id
+    from restore_app.core import int8
+
+    assert not int8.preferred("cpu", "fp32")  # a precision asked for: the float model
+    assert int8.preferred("cpu") == int8.fast_on_this_cpu()
 
 
 def test_grey_and_colour_defaults(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from restore_app.core import int8
 from restore_app.core.degrade import jpeg_compress, mosaic
 from restore_app.core.errors import InputError
 from restore_app.core.io import VideoWriter, to_float, write_image
@@ -43,11 +44,15 @@ def test_open_image_picks_an_applicable_default_chain(vm, tmp_path, coffee):
 def test_grey_image_gets_the_grey_default(vm, tmp_path, coffee):
     grey = np.ascontiguousarray(coffee[..., 1])
     vm.open(write_image(tmp_path / "scan.jpg", grey, quality=20))
-    assert vm.chain == ["restore-jpeg-grey"]  # the grey specialist, one channel
+    # the grey specialist, one channel; in its int8 form on a CPU with fast int8 (this build machine)
+    assert vm.chain == ["restore-jpeg-grey-int8" if int8.fast_on_this_cpu() else "restore-jpeg-grey"]
     out = _run(vm)
     assert out.shape == grey.shape
     vm.open(write_image(tmp_path / "photo.jpg", coffee, quality=20))
     assert vm.chain == ["restore-jpeg"]
+    fp32 = MainViewModel(default_registry(), Settings(tile=256, precision="fp32"))  # asked for: float
+    fp32.open(write_image(tmp_path / "scan.jpg", grey, quality=20))
+    assert fp32.chain == ["restore-jpeg-grey"]
 
 
 def test_raw_files_need_a_demosaicer_first(vm, tmp_path):
