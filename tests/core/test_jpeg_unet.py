@@ -9,6 +9,7 @@ import torch
 from restore_app.core.archs.jpeg_unet import JpegUNet
 from restore_app.core.errors import InputError
 from restore_app.core.io import write_image
+from restore_app.core.registry import default_registry
 from restore_app.core.train.jpeg import JpegTask, JpegTrainConfig
 
 
@@ -346,6 +347,9 @@ def test_int8_training_starts_from_float_weights_and_exports(tmp_path, jpeg_task
     assert result.iterations == 3 and np.isfinite(result.best_score)
     fields = manifest_fields(cfg)
     assert fields["id"] == "restore-jpeg-grey-int8" and fields["architecture"] == "jpeg_unet_int8"
+    shipped = default_registry().get("restore-jpeg-grey-int8")  # what an export writes is what ships
+    assert (fields["description"], tuple(fields["ensemble"]), fields["int8_of"]) == \
+        (shipped.description, shipped.ensemble, shipped.int8_of)
     folder = task.export(cfg.out, tmp_path / "zoo" / "grey-int8")
     assert read_manifest(folder).channels == (1,)
     model = Registry(paths=[(tmp_path / "zoo", "test")], entry_points=False).load("grey-int8").module
