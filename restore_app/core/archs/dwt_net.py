@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from restore_app.core import int8
+from restore_app.core.archs.jpeg_unet import SubPixelUp, on_whole_blocks
 from restore_app.core.checks import check_tensor
 
 ENERGY_LEVELS = 16
@@ -59,7 +60,7 @@ class DWTNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor(x, "input", ndim=4, channels=3)
-        return _on_whole_blocks(x, lambda xp: _maps(self, xp))
+        return on_whole_blocks(x, lambda xp: _maps(self, xp))
 
     @staticmethod
     def transpose_maps(maps: torch.Tensor) -> torch.Tensor:
@@ -86,14 +87,6 @@ class DWTNet(nn.Module):
 
         labels = [instances_from_maps(m.float().cpu().numpy(), self.cut_level, self.min_area) for m in maps]
         return torch.from_numpy(np.stack(labels)[:, None]).to(torch.int64)
-
-
-def _on_whole_blocks(x: torch.Tensor, maps) -> torch.Tensor:
-    """``maps`` of ``x`` reflect-padded to multiples of 8 (three poolings), cropped back."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % 8, (-w) % 8
-    xp = F.pad(x, (0, pw, 0, ph), mode="reflect") if ph or pw else x
-    return maps(xp)[..., :h, :w]
 
 
 def _maps(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -125,8 +118,6 @@ class _Layers(nn.Module):
     weight scales); its forward (the maps of a padded input) is what is quantised."""
 
     def __init__(self, net: DWTNet) -> None:
-        from restore_app.core.archs.jpeg_unet import SubPixelUp
-
         super().__init__()
         for name, child in net.named_children():
             if name.startswith(("enc", "dec")):
@@ -175,4 +166,4 @@ class DWTNetInt8(int8.Int8Network):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor(x, "input", ndim=4, channels=3)
-        return _on_whole_blocks(x, self.graph_for(x))
+        return on_whole_blocks(x, self.graph_for(x))

@@ -63,12 +63,18 @@ class JpegUNet(nn.Module):
         return _on_block_grid(x, lambda xp: _correction(self, xp))
 
 
-def _on_block_grid(x: torch.Tensor, correction) -> torch.Tensor:
-    """``x`` plus ``correction`` of ``x`` reflect-padded to whole 8×8 blocks, cropped back."""
+def on_whole_blocks(x: torch.Tensor, fn) -> torch.Tensor:
+    """``fn`` of ``x`` reflect-padded to whole 8×8 blocks (the JPEG grid; the DWT's three poolings),
+    cropped back to ``x``'s size."""
     h, w = x.shape[-2:]
     ph, pw = (-h) % 8, (-w) % 8
     xp = F.pad(x, (0, pw, 0, ph), mode="reflect") if ph or pw else x
-    return (xp + correction(xp))[..., :h, :w]
+    return fn(xp)[..., :h, :w]
+
+
+def _on_block_grid(x: torch.Tensor, correction) -> torch.Tensor:
+    """``x`` plus ``correction`` of ``x`` reflect-padded to whole 8×8 blocks, cropped back."""
+    return on_whole_blocks(x, lambda xp: xp + correction(xp))
 
 
 def _correction(net: nn.Module, xp: torch.Tensor) -> torch.Tensor:
@@ -157,9 +163,10 @@ class JpegUNetInt8(int8.Int8Network):
 
     Holds the fake-quantised graph (``qat``) that trains by quantisation-aware training and runs in
     float on any device; in eval mode on the CPU the forward runs the int8 graph converted from it (and
-    cached until the weights or the mode change). The last convolution, the pixel shuffle of its
-    output and the residual addition to the image stay fp32. :meth:`load_float_state` starts it from
-    a trained :class:`JpegUNet`.
+    cached until the weights or the mode change). The last convolution's output, the pixel shuffle of
+    it and the residual addition to the image stay fp32; that convolution reads the 8-bit activations
+    with 8-bit weights (:class:`~restore_app.core.int8.Int8InputConv2d`). :meth:`load_float_state`
+    starts it from a trained :class:`JpegUNet`.
 
     >>> net = JpegUNetInt8(widths=(16, 16, 16), blocks=(1, 1, 1), channels=1).eval()
     >>> net(torch.rand(1, 1, 30, 41)).shape
