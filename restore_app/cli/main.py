@@ -222,7 +222,10 @@ def cmd_run(args) -> int:
     if args.model is None:
         if kind is not MediaKind.RAW:
             raise _UsageError("--model is required (see `restore models`)")
-        args.model = registry.default("demosaic").id
+        from restore_app.core import int8
+
+        # the int8 form where it is fast, as the GUI chooses
+        args.model = registry.default("demosaic", int8=int8.preferred(args.device, args.precision)).id
     options = RunOptions(pattern=args.pattern, sigma=None if args.sigma is None else args.sigma / 255.0,
                          quality=args.quality, crf=args.crf, bit_depth=args.bit_depth, fps=args.fps)
     restorer = Restorer(registry.load(args.model), _engine(args))

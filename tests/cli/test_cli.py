@@ -181,6 +181,17 @@ def test_model_required_except_for_raw(tmp_path, coffee):
     write_image(tmp_path / "in.png", coffee)
     result = restore("run", "in.png", "-o", "out.png", cwd=tmp_path, check=False)
     assert result.returncode == 2 and "--model is required" in result.stderr
+    # a RAW file goes to the default demosaicer: its int8 form where int8 is fast, as in the GUI
+    from restore_app.core import int8
+    from restore_app.core.degrade import mosaic
+    from tests.helpers import smooth_rgb, write_dng
+
+    counts = np.rint(256 + mosaic(smooth_rgb(64, 96), "RGGB") * 3800).astype(np.uint16)
+    write_dng(tmp_path / "a.dng", counts, "RGGB")
+    result = restore("run", "a.dng", "-o", "a.tif", cwd=tmp_path)
+    expected = "restore-dm-int8" if int8.fast_on_this_cpu() else "restore-dm"
+    assert "wrote a.tif" in result.stdout and f"({expected} on cpu" in result.stdout
+    assert read_image(tmp_path / "a.tif").shape == (64, 96, 3)
 
 
 def test_launcher_sets_malloc_tunables(monkeypatch):

@@ -41,7 +41,8 @@ def test_dng_mosaic_and_metadata(tmp_path, pattern):
 
 
 @pytest.mark.parametrize(("pattern", "model"), [("RGGB", "bilinear-demosaic"), ("GBRG", "bilinear-demosaic"),
-                                               ("GRBG", "restore-dm"), ("BGGR", "restore-dm")])
+                                               ("GRBG", "restore-dm"), ("BGGR", "restore-dm"),
+                                               ("GBRG", "restore-dm-int8")])
 def test_raw_end_to_end_colours_come_back(tmp_path, pattern, model):
     lin = smooth_rgb(96, 128, seed=3)
     neutral = (0.6, 1.0, 0.75)

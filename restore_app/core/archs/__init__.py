@@ -14,6 +14,7 @@ ARCHITECTURES: dict[str, str] = {
     "bicubic": "restore_app.core.archs.bicubic:Bicubic",
     "he_watershed": "restore_app.core.archs.he_watershed:HEWatershed",
     "demosaic_net": "restore_app.core.archs.demosaic_net:DemosaicNet",
+    "demosaic_net_int8": "restore_app.core.archs.demosaic_net:DemosaicNetInt8",
     "jpeg_unet": "restore_app.core.archs.jpeg_unet:JpegUNet",
     "jpeg_unet_int8": "restore_app.core.archs.jpeg_unet:JpegUNetInt8",
     "brcn": "restore_app.core.archs.brcn:BRCN",

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from restore_app.core import int8
 from restore_app.core.archs.bilinear_demosaic import BilinearDemosaic
 from restore_app.core.checks import check_tensor
 
@@ -78,18 +79,90 @@ class DemosaicNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor(x, "input", ndim=4, channels=2)
-        mosaic, noise = x[:, :1], x[:, 1:]
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            # the bilinear guess and the final sum stay in float32: a bf16 image has only 8 bits of
-            # mantissa (steps of 1/256 near white), which would cost 0.1 dB on clean input
-            base = self.bilinear(mosaic.float())
-        packed = F.pixel_unshuffle(mosaic, 2)
-        noise_q = F.avg_pool2d(noise, 2)
-        f0 = F.relu(self.head(torch.cat([packed, noise_q], dim=1)))
-        f = f0
-        for block in self.body:
-            f = block(f)
-        feats = F.pixel_shuffle(self.tail(f + f0), 2)
-        spread = mosaic * self.bilinear.mask.repeat(1, x.shape[2] // 2, x.shape[3] // 2)[None].to(x.dtype)
-        r = F.relu(self.refine(torch.cat([feats, spread, base], dim=1)))
-        return base + (feats + self.out(r)).float()
+        return _demosaic(self, x, lambda quarter: _blocks(F.relu(self.head(quarter)), self.body, self.tail))
+
+
+def _blocks(f0: torch.Tensor, body: nn.ModuleList, tail: nn.Module) -> torch.Tensor:
+    """The residual blocks on the first layer's output ``f0``, the long skip and the last
+    quarter-resolution layer (12 channels, unpacked to full resolution by the caller)."""
+    f = f0
+    for block in body:
+        f = block(f)
+    return tail(f + f0)
+
+
+def _demosaic(net: nn.Module, x: torch.Tensor, stack) -> torch.Tensor:
+    """The network around its quarter-resolution ``stack``: packing, the bilinear guess and the
+    full-resolution stage (shared by :class:`DemosaicNet` and its int8 form)."""
+    mosaic, noise = x[:, :1], x[:, 1:]
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        # the bilinear guess and the final sum stay in float32: a bf16 image has only 8 bits of
+        # mantissa (steps of 1/256 near white), which would cost 0.1 dB on clean input
+        base = net.bilinear(mosaic.float())
+    quarter = torch.cat([F.pixel_unshuffle(mosaic, 2), F.avg_pool2d(noise, 2)], dim=1)
+    feats = F.pixel_shuffle(stack(quarter), 2)
+    spread = mosaic * net.bilinear.mask.repeat(1, x.shape[2] // 2, x.shape[3] // 2)[None].to(x.dtype)
+    r = F.relu(net.refine(torch.cat([feats.to(x.dtype), spread, base.to(x.dtype)], dim=1)))
+    return base + (feats + net.out(r)).float()
+
+
+class _Head(nn.Sequential):
+    """The first convolution and its ReLU, kept in float by the int8 form: it reads the mosaic at its
+    full precision (an 8-bit input quantiser over a noisy mosaic's range would be coarser than the
+    image's own steps), and the ReLU makes its 8-bit output unsigned."""
+
+
+class _Quarter(nn.Module):
+    """A :class:`DemosaicNet`'s quarter-resolution layers; its forward is what is quantised."""
+
+    def __init__(self, net: DemosaicNet) -> None:
+        super().__init__()
+        self.head = _Head(net.head, nn.ReLU())
+        self.body, self.tail = net.body, net.tail
+
+    def forward(self, quarter: torch.Tensor) -> torch.Tensor:
+        return _blocks(self.head(quarter), self.body, self.tail)
+
+
+class DemosaicNetInt8(int8.Int8Network):
+    """:class:`DemosaicNet` with its quarter-resolution stack in 8-bit weights and activations
+    (:mod:`restore_app.core.int8`).
+
+    The first convolution (on the mosaic, in float) and the full-resolution stage (bilinear guess,
+    refinement, the sum) stay fp32; the last quarter-resolution convolution reads the 8-bit
+    activations with 8-bit weights and gives fp32 (:class:`~restore_app.core.int8.Int8InputConv2d`).
+    In eval mode on the CPU the stack runs as the converted int8 graph; elsewhere, and in training,
+    as the fake-quantised one in float. :meth:`load_float_state` starts it from a trained
+    :class:`DemosaicNet`.
+
+    >>> net = DemosaicNetInt8(width=16, blocks=1).eval()
+    >>> net(torch.rand(1, 2, 32, 32)).shape
+    torch.Size([1, 3, 32, 32])
+    """
+
+    def __init__(self, width: int = 64, blocks: int = 7, refine: int = 16) -> None:
+        net = DemosaicNet(width, blocks, refine)
+        super().__init__(_Quarter(net), torch.rand(1, 5, 16, 16), keep_float=("head", "tail"),
+                         int8_input=("tail",))
+        self.refine, self.out, self.bilinear = net.refine, net.out, net.bilinear
+        self.width, self.blocks, self.refine_width = width, blocks, refine
+
+    def load_float_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Take the weights of a trained :class:`DemosaicNet` (same shape); the quantisers' ranges
+        start afresh from the next batch seen in training mode."""
+        net = DemosaicNet(self.width, self.blocks, self.refine_width)
+        net.load_state_dict(state)
+        self.take_float_parameters(_Quarter(net).parameters())
+        self.refine.load_state_dict(net.refine.state_dict())
+        self.out.load_state_dict(net.out.state_dict())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_tensor(x, "input", ndim=4, channels=2)
+        graph = self.graph_for(x)
+
+        def stack(quarter: torch.Tensor) -> torch.Tensor:
+            # channels-last like the int8 graph's own tensors: int8 additions of mixed layouts take a
+            # slow path (the long skip's took 71 of 370 ms on a 1024² mosaic)
+            return graph(quarter.float().contiguous(memory_format=torch.channels_last))
+
+        return _demosaic(self, x, stack)

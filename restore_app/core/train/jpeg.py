@@ -63,7 +63,7 @@ class JpegTrainConfig(TrainConfig):
     widths: str = "48,96,128"
     blocks: str = "1,2,3"
     int8: bool = False  # quantisation-aware training of the int8 network (start it with --init fp32 weights)
-    freeze_ranges: bool = False  # int8: keep the quantisers' ranges as --init has them
+    freeze_ranges: bool = False  # int8: keep the activations' quantiser ranges as --init has them
     distill: Path | None = None  # a teacher's fp32 weights: its self-ensemble's output is a second target
     distill_weight: float = 0.5  # the teacher's share of the loss
     distill_ensemble: str = "fliplr,flipud,rot180"  # the teacher's transforms besides the identity
