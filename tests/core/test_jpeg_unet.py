@@ -356,3 +356,16 @@ def test_int8_training_starts_from_float_weights_and_exports(tmp_path, jpeg_task
     task.model.load_state_dict(load_file(str(cfg.out / "best.safetensors")))
     with torch.inference_mode():
         assert torch.equal(model(x), task.model.eval()(x))
+
+
+def test_colour_int8_export_is_what_ships():
+    """``restore train jpeg --int8`` for the colour model writes the shipped manifest's default: the
+    four mirror images, standing in for ``restore-jpeg`` where int8 is fast."""
+    from restore_app.core.train.jpeg import manifest_fields
+
+    fields = manifest_fields(JpegTrainConfig(int8=True))
+    shipped = default_registry().get("restore-jpeg-int8")
+    assert fields["id"] == shipped.id and fields["int8_of"] == "restore-jpeg"
+    assert (fields["description"], tuple(fields["ensemble"]), fields["int8_of"]) == \
+        (shipped.description, shipped.ensemble, shipped.int8_of)
+    assert set(shipped.ensemble) == {"fliplr", "flipud", "rot180"}
