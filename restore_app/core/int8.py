@@ -391,11 +391,9 @@ def calibrate_ranges(prepared: nn.Module, feed: Callable[[], object]) -> None:
     quantisers are left alone (their observers see the weights in ``feed`` if they are running).
     ``feed`` must keep the activations' observers stopped (an :class:`Int8Network` with ``learn_ranges``
     off does, in either mode)."""
-    from torch.ao.quantization import FakeQuantize
     from torch.ao.quantization.observer import HistogramObserver
 
-    quantisers = [m for m in prepared.modules()
-                  if isinstance(m, FakeQuantize) and m.qscheme == torch.per_tensor_affine]
+    quantisers = _activation_quantisers(prepared)
     freeze_ranges(prepared, weights=False)
     histograms = [HistogramObserver(dtype=m.dtype, quant_min=m.quant_min, quant_max=m.quant_max) for m in quantisers]
     hooks = [m.register_forward_pre_hook(lambda module, args, h=h: h(args[0].detach().float()))
@@ -418,14 +416,22 @@ def calibrate_ranges(prepared: nn.Module, feed: Callable[[], object]) -> None:
         m.zero_point.copy_(zero.reshape(m.zero_point.shape).to(m.zero_point.dtype))
 
 
+def _quantisers(prepared: nn.Module) -> list[nn.Module]:
+    from torch.ao.quantization import FakeQuantize
+
+    return [m for m in prepared.modules() if isinstance(m, FakeQuantize)]
+
+
+def _activation_quantisers(prepared: nn.Module) -> list[nn.Module]:
+    """The activations' quantisers (one range per tensor; the weights' have one per channel)."""
+    return [m for m in _quantisers(prepared) if m.qscheme == torch.per_tensor_affine]
+
+
 def freeze_ranges(prepared: nn.Module, frozen: bool = True, weights: bool = True) -> None:
     """Stop (or restart) the quantisers' range observers; with ``weights=False`` only the activations'
     (the weights' per-channel ones are left as they are)."""
-    from torch.ao.quantization import FakeQuantize
-
-    for m in prepared.modules():
-        if isinstance(m, FakeQuantize) and (weights or m.qscheme == torch.per_tensor_affine):
-            m.disable_observer() if frozen else m.enable_observer()
+    for m in _quantisers(prepared) if weights else _activation_quantisers(prepared):
+        m.disable_observer() if frozen else m.enable_observer()
 
 
 __all__ = ["ENGINE", "Int8InputConv2d", "Int8Network", "available", "calibrate_ranges", "convert", "fast_on_this_cpu",

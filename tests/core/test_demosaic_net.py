@@ -108,10 +108,11 @@ def _trained_pair():
 def test_int8_network_follows_the_float_one_and_runs_int8_kernels():
     net, q = _trained_pair()
     x = _noisy_input((1, 1, 50, 66), 0.02, 9)
+    quarter = torch.cat([torch.nn.functional.pixel_unshuffle(x[:, :1], 2),
+                         torch.nn.functional.avg_pool2d(x[:, 1:], 2)], dim=1)  # what the stack takes
     with torch.inference_mode():
         ref, out = net(x), q(x)
-        sim = q.qat.train(False)(torch.cat([torch.nn.functional.pixel_unshuffle(x[:, :1], 2),
-                                            torch.nn.functional.avg_pool2d(x[:, 1:], 2)], dim=1))
+        sim = q.qat.train(False)(quarter)
         base = net.bilinear(x[:, :1])
     assert out.shape == ref.shape == (1, 3, 50, 66)
     err = float(((out - ref) ** 2).mean())
@@ -119,9 +120,7 @@ def test_int8_network_follows_the_float_one_and_runs_int8_kernels():
     assert 0 < err < 0.01 * corr  # the int8 output differs, by far less than the correction itself
     graph = q.int8_graph()
     with torch.no_grad():  # the fake-quantised graph that trains is what the int8 graph computes
-        real = graph(torch.cat([torch.nn.functional.pixel_unshuffle(x[:, :1], 2),
-                                torch.nn.functional.avg_pool2d(x[:, 1:], 2)], dim=1)
-                     .contiguous(memory_format=torch.channels_last))
+        real = graph(quarter.contiguous(memory_format=torch.channels_last))
     assert real.dtype == torch.float32
     assert float((sim - real).abs().max()) < 4 * float(sim.abs().max()) / 255  # a few 8-bit steps of rounding
     # the first convolution reads the mosaic in float; the last reads 8-bit activations and gives fp32

@@ -106,18 +106,15 @@ def _demosaic(net: nn.Module, x: torch.Tensor, stack) -> torch.Tensor:
     return base + (feats + net.out(r)).float()
 
 
-class _Head(nn.Sequential):
-    """The first convolution and its ReLU, kept in float by the int8 form: it reads the mosaic at its
-    full precision (an 8-bit input quantiser over a noisy mosaic's range would be coarser than the
-    image's own steps), and the ReLU makes its 8-bit output unsigned."""
-
-
 class _Quarter(nn.Module):
     """A :class:`DemosaicNet`'s quarter-resolution layers; its forward is what is quantised."""
 
     def __init__(self, net: DemosaicNet) -> None:
         super().__init__()
-        self.head = _Head(net.head, nn.ReLU())
+        # the first convolution and its ReLU, kept in float by the int8 form: it reads the mosaic at full
+        # precision (an 8-bit quantiser over a noisy mosaic's range would round more coarsely than the
+        # image's own steps), and the ReLU makes its 8-bit output unsigned
+        self.head = nn.Sequential(net.head, nn.ReLU())
         self.body, self.tail = net.body, net.tail
 
     def forward(self, quarter: torch.Tensor) -> torch.Tensor:
