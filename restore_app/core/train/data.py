@@ -51,23 +51,30 @@ def dihedral(patch: np.ndarray, k: int) -> np.ndarray:
     return out[:, ::-1] if k >= 4 else out
 
 
-def saturate(rgb: np.ndarray, gain: float) -> np.ndarray:
-    """``rgb`` with its chroma (the difference from BT.601 luma) scaled by ``gain``, clipped to [0, 1]."""
+def saturate(rgb: np.ndarray, gain: float, contrast: float = 1.0) -> np.ndarray:
+    """``rgb`` with its chroma (the difference from BT.601 luma) scaled by ``gain`` and its luma's
+    contrast about its mean scaled by ``contrast``, clipped to [0, 1]. Both make edges between colours
+    of similar brightness, where the colour channels vary apart (as in McMaster's images)."""
     luma = rgb @ LUMA
-    return np.clip(luma[..., None] + np.float32(gain) * (rgb - luma[..., None]), 0.0, 1.0).astype(np.float32)
+    chroma = rgb - luma[..., None]
+    if contrast != 1.0:
+        luma = luma.mean() + np.float32(contrast) * (luma - luma.mean())
+    return np.clip(luma[..., None] + np.float32(gain) * chroma, 0.0, 1.0).astype(np.float32)
 
 
 @dataclass(frozen=True)
 class Jitter:
     """Photometric augmentation: exposure gain (log-uniform in ``[1/exposure, exposure]``) and
     per-channel colour gains in ``[1 - colour, 1 + colour]``, clipped to [0, 1]; with probability
-    ``saturation_prob``, chroma scaled by a gain uniform in ``[1, saturation]`` (:func:`saturate`:
-    vivid, weakly correlated colour channels, which natural photo sets hold few of)."""
+    ``saturation_prob``, chroma scaled by a gain uniform in ``[1, saturation]`` and luma contrast by
+    one uniform in ``[luma_contrast, 1]`` (:func:`saturate`: vivid, weakly correlated colour channels,
+    which natural photo sets hold few of)."""
 
     exposure: float = 1.4
     colour: float = 0.15
     saturation: float = 1.0
     saturation_prob: float = 0.0
+    luma_contrast: float = 1.0
 
     def __call__(self, patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         gain = np.exp(rng.uniform(-np.log(self.exposure), np.log(self.exposure)))
@@ -75,7 +82,7 @@ class Jitter:
             gain = gain * rng.uniform(1 - self.colour, 1 + self.colour, size=patch.shape[2])
         out = np.clip(patch * np.float32(1) * gain, 0.0, 1.0).astype(np.float32)
         if patch.ndim == 3 and self.saturation > 1 and rng.random() < self.saturation_prob:
-            out = saturate(out, rng.uniform(1.0, self.saturation))
+            out = saturate(out, rng.uniform(1.0, self.saturation), rng.uniform(self.luma_contrast, 1.0))
         return out
 
 

@@ -48,7 +48,9 @@ class DemosaicTrainConfig(TrainConfig):
     hard_candidates: int = 4
     saturation: float = 1.0  # chroma gain up to this (1 = off), on ``saturation_prob`` of patches
     saturation_prob: float = 0.0
+    luma_contrast: float = 1.0  # on those patches, luma contrast × a factor down to this (1 = off)
     val_saturation: float = 0.0  # > 0: also validate noise-free on the hold-out with chroma × this
+    val_luma_contrast: float = 1.0  # ... and luma contrast × this
     width: int = 64
     blocks: int = 7
     int8: bool = False  # quantisation-aware training of the int8 network (start it with --init fp32 weights)
@@ -58,6 +60,8 @@ class DemosaicTrainConfig(TrainConfig):
         super().__post_init__()
         self.data = tuple(Path(d) for d in self.data)
         check_range(self.calibrate, 0, None, "calibrate")
+        check_range(self.luma_contrast, 0.0, 1.0, "luma_contrast")
+        check_range(self.val_luma_contrast, 0.0, 1.0, "val_luma_contrast")
         if self.calibrate and not self.int8:
             raise InputError("--calibrate sets the ranges of an int8 network: give --int8 too")
         if self.int8:
@@ -112,10 +116,12 @@ class DemosaicTask:
         self.val_files = held_out
         self.sampler = PatchSampler(load_images(image_files(cfg.data, exclude=held_out), cfg.downscale),
                                     cfg.patch, Jitter(saturation=cfg.saturation,
-                                                      saturation_prob=cfg.saturation_prob))
+                                                      saturation_prob=cfg.saturation_prob,
+                                                      luma_contrast=cfg.luma_contrast))
         self.val_images = load_images(held_out, cfg.downscale)
-        # the same hold-out with chroma × val_saturation (vivid colours), made once
-        self.vivid_images = [saturate(np.rint(im * 255) / 255, cfg.val_saturation)
+        # the same hold-out with chroma × val_saturation and luma contrast × val_luma_contrast
+        # (vivid colours of similar brightness), made once
+        self.vivid_images = [saturate(np.rint(im * 255) / 255, cfg.val_saturation, cfg.val_luma_contrast)
                              for im in self.val_images] if cfg.val_saturation > 0 else []
         self.model = self._network()
 

@@ -162,3 +162,32 @@ def test_saturation_jitter_and_vivid_validation(tmp_path, tiny_data, coffee):
     assert set(scores) == {"psnr_s0", "psnr_s10", "psnr_s20", "psnr_sat_s0", "score"}
     # vivid colours are harder for a bilinear-initialised network than the same images as they are
     assert scores["psnr_sat_s0"] < scores["psnr_s0"]
+
+
+def test_luma_contrast_jitter_makes_colour_edges_of_similar_brightness(tmp_path, tiny_data, coffee):
+    from restore_app.core.train.data import LUMA, Jitter, saturate
+
+    rgb = np.float32(coffee[:64, :64]) / 255 * 0.5 + 0.25  # nothing clips below
+    luma, chroma = rgb @ LUMA, rgb - (rgb @ LUMA)[..., None]
+    out = saturate(rgb, 1.5, contrast=0.5)
+    out_luma = out @ LUMA
+    assert np.isclose(out_luma.mean(), luma.mean(), atol=1e-5)  # mean brightness kept
+    assert np.allclose(out_luma - out_luma.mean(), 0.5 * (luma - luma.mean()), atol=1e-5)
+    assert np.allclose(out - out_luma[..., None], 1.5 * chroma, atol=1e-5)
+
+    def edge_ratio(p: np.ndarray) -> float:  # colour change against brightness change across columns
+        c = p - (p @ LUMA)[..., None]
+        return float(np.abs(np.diff(c, axis=1)).sum() / np.abs(np.diff(p @ LUMA, axis=1)).sum())
+
+    patch = np.float32(coffee[:64, :64]) / 255
+    sat_only = Jitter(exposure=1.0, colour=0.0, saturation=1.5, saturation_prob=1.0)
+    both = Jitter(exposure=1.0, colour=0.0, saturation=1.5, saturation_prob=1.0, luma_contrast=0.4)
+    ratios = [(edge_ratio(sat_only(patch, np.random.default_rng(s))), edge_ratio(both(patch, np.random.default_rng(s))))
+              for s in range(8)]
+    assert all(b > a for a, b in ratios)
+
+    task = DemosaicTask(_cfg(tmp_path, tiny_data, "decor", val_saturation=1.6, val_luma_contrast=0.6))
+    plain = DemosaicTask(_cfg(tmp_path, tiny_data, "sat", val_saturation=1.6))
+    assert not np.allclose(task.vivid_images[0], plain.vivid_images[0])
+    with pytest.raises(InputError, match="luma_contrast"):
+        _cfg(tmp_path, tiny_data, "bad", luma_contrast=1.5)
