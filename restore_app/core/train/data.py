@@ -82,7 +82,10 @@ class Jitter:
             gain = gain * rng.uniform(1 - self.colour, 1 + self.colour, size=patch.shape[2])
         out = np.clip(patch * np.float32(1) * gain, 0.0, 1.0).astype(np.float32)
         if patch.ndim == 3 and self.saturation > 1 and rng.random() < self.saturation_prob:
-            out = saturate(out, rng.uniform(1.0, self.saturation), rng.uniform(self.luma_contrast, 1.0))
+            gain = rng.uniform(1.0, self.saturation)
+            # drawn only when asked for, so recipes without it keep their random streams
+            contrast = rng.uniform(self.luma_contrast, 1.0) if self.luma_contrast < 1 else 1.0
+            out = saturate(out, gain, contrast)
         return out
 
 
