@@ -254,8 +254,8 @@ def _accumulators_copied(graph_module: nn.Module) -> None:
         added = node.args[1]
         if node.args[0] is added or any(position[user] > position[node] for user in added.users if user is not node):
             with graph.inserting_before(node):
-                copy = graph.call_method("clone", (added,))
-            node.args = (node.args[0], copy, *node.args[2:])
+                summand = graph.call_method("clone", (added,))
+            node.args = (node.args[0], summand, *node.args[2:])
             changed = True
     if changed:
         graph_module.recompile()

@@ -58,7 +58,8 @@ def saturate(rgb: np.ndarray, gain: float, contrast: float = 1.0) -> np.ndarray:
     luma = rgb @ LUMA
     chroma = rgb - luma[..., None]
     if contrast != 1.0:
-        luma = luma.mean() + np.float32(contrast) * (luma - luma.mean())
+        mean = luma.mean()
+        luma = mean + np.float32(contrast) * (luma - mean)
     return np.clip(luma[..., None] + np.float32(gain) * chroma, 0.0, 1.0).astype(np.float32)
 
 
@@ -82,10 +83,10 @@ class Jitter:
             gain = gain * rng.uniform(1 - self.colour, 1 + self.colour, size=patch.shape[2])
         out = np.clip(patch * np.float32(1) * gain, 0.0, 1.0).astype(np.float32)
         if patch.ndim == 3 and self.saturation > 1 and rng.random() < self.saturation_prob:
-            gain = rng.uniform(1.0, self.saturation)
+            chroma_gain = rng.uniform(1.0, self.saturation)
             # drawn only when asked for, so recipes without it keep their random streams
             contrast = rng.uniform(self.luma_contrast, 1.0) if self.luma_contrast < 1 else 1.0
-            out = saturate(out, gain, contrast)
+            out = saturate(out, chroma_gain, contrast)
         return out
 
 
