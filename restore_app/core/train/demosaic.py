@@ -53,6 +53,7 @@ class DemosaicTrainConfig(TrainConfig):
     val_luma_contrast: float = 1.0  # ... and luma contrast × this
     width: int = 64
     blocks: int = 7
+    refine: int = 16  # channels of the full-resolution 3×3 convolution (Gharbi et al.'s: 64)
     int8: bool = False  # quantisation-aware training of the int8 network (start it with --init fp32 weights)
     calibrate: int = 0  # int8: set the activation ranges from histograms of this many batches, then keep them
 
@@ -91,7 +92,8 @@ def _float_manifest_fields(cfg: DemosaicTrainConfig) -> dict:
         "description": "Neural joint demosaicing and denoising for Bayer mosaics and camera RAW files, "
                        "conditioned on the noise level (given or estimated); one model for every pattern "
                        "and noise level.",
-        "architecture": "demosaic_net", "params": {"width": cfg.width, "blocks": cfg.blocks},
+        "architecture": "demosaic_net", "params": {"width": cfg.width, "blocks": cfg.blocks,
+                                                   **({"refine": cfg.refine} if cfg.refine != 16 else {})},
         "input": "cfa", "channels": [3], "conditioning": ["sigma"], "align": 2,
         # self-ensembles chosen on validation (CARD.md): the transpose, all 8 symmetries for "full"
         "ensemble": ["transpose"], "ensemble_full": list(ENSEMBLE_TRANSFORMS),
@@ -100,6 +102,25 @@ def _float_manifest_fields(cfg: DemosaicTrainConfig) -> dict:
         "license": "MIT",
         "training_data": "BSDS500 train+val (BIDS/BSDS500 a04b7c6) shrunk ×2, less the validation hold-out",
     }
+
+
+def widen_refine(state: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with its full-resolution refinement convolution widened to ``fresh``'s channel count.
+
+    The added channels keep ``fresh``'s (random) initial weights and the 1×1 output convolution reads
+    them with zero weights, so the widened network computes exactly what ``state``'s did and the new
+    channels start learning from the first step (net2wider-style). Equal widths: ``state`` unchanged."""
+    have, want = state["refine.weight"].shape[0], fresh["refine.weight"].shape[0]
+    if have == want:
+        return state
+    if have > want:
+        raise InputError(f"--init weights have {have} refinement channels, more than --refine {want}")
+    out = dict(state)
+    out["refine.weight"] = torch.cat([state["refine.weight"], fresh["refine.weight"][have:].to(state["refine.weight"])])
+    out["refine.bias"] = torch.cat([state["refine.bias"], fresh["refine.bias"][have:].to(state["refine.bias"])])
+    w = state["out.weight"]
+    out["out.weight"] = torch.cat([w, w.new_zeros(w.shape[0], want - have, *w.shape[2:])], dim=1)
+    return out
 
 
 def _bilinear_error(rgb: np.ndarray) -> float:
@@ -127,18 +148,21 @@ class DemosaicTask:
 
     def _network(self) -> DemosaicNet | DemosaicNetInt8:
         if not self.cfg.int8:
-            return DemosaicNet(width=self.cfg.width, blocks=self.cfg.blocks)
-        net = DemosaicNetInt8(width=self.cfg.width, blocks=self.cfg.blocks)
+            return DemosaicNet(width=self.cfg.width, blocks=self.cfg.blocks, refine=self.cfg.refine)
+        net = DemosaicNetInt8(width=self.cfg.width, blocks=self.cfg.blocks, refine=self.cfg.refine)
         net.learn_ranges = not self.cfg.calibrate  # calibrated ranges are kept as they are
         return net
 
     def init_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``--init`` weights: for the int8 network, int8 weights as they are and fp32 ones with fresh
         quantiser ranges, which the first training batches set; with ``calibrate``, the ranges are
-        then set from histograms of that many training batches (:func:`~restore_app.core.int8.calibrate_ranges`)."""
+        then set from histograms of that many training batches (:func:`~restore_app.core.int8.calibrate_ranges`).
+        Weights with a narrower full-resolution stage than ``refine`` are widened without changing
+        what they compute (:func:`widen_refine`)."""
+        net = self._network()
+        state = widen_refine(state, net.state_dict())
         if not self.cfg.int8:
             return state
-        net = self._network()
         if any(k.startswith("qat.") for k in state):
             net.load_state_dict(state)
         else:

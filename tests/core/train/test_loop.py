@@ -191,3 +191,32 @@ def test_luma_contrast_jitter_makes_colour_edges_of_similar_brightness(tmp_path,
     assert not np.allclose(task.vivid_images[0], plain.vivid_images[0])
     with pytest.raises(InputError, match="luma_contrast"):
         _cfg(tmp_path, tiny_data, "bad", luma_contrast=1.5)
+
+
+@pytest.mark.parametrize("int8_net", [False, True])
+def test_a_wider_refinement_starts_from_narrower_weights_unchanged(tmp_path, tiny_data, int8_net):
+    from restore_app.core import int8
+
+    if int8_net and not int8.available():
+        pytest.skip("this PyTorch has no oneDNN quantised engine")
+    narrow = DemosaicTask(_cfg(tmp_path, tiny_data, "narrow"))
+    torch.manual_seed(0)
+    for p in narrow.model.parameters():  # trained-looking weights: every path non-zero
+        p.data.normal_(0, 0.05)
+    state = narrow.model.state_dict()
+    wide = DemosaicTask(_cfg(tmp_path, tiny_data, "wide", refine=32, int8=int8_net))
+    wide.model.load_state_dict(wide.init_state(state))
+    assert wide.model.refine.weight.shape[0] == 32 and wide.model.out.weight.shape[1] == 32
+    assert float(wide.model.refine.weight.detach()[16:].abs().max()) > 0  # the new channels are live...
+    assert float(wide.model.out.weight.detach()[:, 16:].abs().max()) == 0  # ...and read with zero weights
+    x = torch.rand(2, 2, 32, 32) * torch.tensor([1.0, 0.05])[None, :, None, None]
+    same = DemosaicTask(_cfg(tmp_path, tiny_data, "same", int8=int8_net))
+    same.model.load_state_dict(same.init_state(state))
+    with torch.no_grad():
+        torch.testing.assert_close(wide.model.train()(x), same.model.train()(x), rtol=0, atol=1e-6)
+    # the output layer's new weights get a gradient at once
+    wide.model(x).square().mean().backward()
+    assert float(wide.model.out.weight.grad[:, 16:].abs().max()) > 0
+    assert manifest_fields(wide.cfg)["params"]["refine"] == 32 and "refine" not in manifest_fields(same.cfg)["params"]
+    with pytest.raises(InputError, match="refinement channels"):
+        narrow.init_state(wide.model.state_dict())
