@@ -123,6 +123,17 @@ def widen_refine(state: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor])
     return out
 
 
+def deepen_body(state: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Float ``state`` with the residual blocks that ``fresh`` has beyond its own appended from
+    ``fresh``: a new block starts as the identity (its second convolution is zero), so the deeper
+    network computes what ``state``'s did."""
+    have = {k.split(".")[1] for k in state if k.startswith("body.")}
+    want = {k.split(".")[1] for k in fresh if k.startswith("body.")}
+    if len(have) > len(want):
+        raise InputError(f"--init weights have {len(have)} residual blocks, more than --blocks {len(want)}")
+    return {**state, **{k: v for k, v in fresh.items() if k.startswith("body.") and k.split(".")[1] not in have}}
+
+
 def _bilinear_error(rgb: np.ndarray) -> float:
     """Mean absolute error of OpenCV's bilinear demosaicing of ``rgb``'s RGGB mosaic."""
     m16 = np.rint(mosaic(rgb, "RGGB") * 65535).astype(np.uint16)
@@ -157,9 +168,11 @@ class DemosaicTask:
         """``--init`` weights: for the int8 network, int8 weights as they are and fp32 ones with fresh
         quantiser ranges, which the first training batches set; with ``calibrate``, the ranges are
         then set from histograms of that many training batches (:func:`~restore_app.core.int8.calibrate_ranges`).
-        Weights with a narrower full-resolution stage than ``refine`` are widened without changing
-        what they compute (:func:`widen_refine`)."""
+        Float weights with fewer residual blocks or a narrower full-resolution stage than asked for
+        are grown without changing what they compute (:func:`deepen_body`, :func:`widen_refine`)."""
         net = self._network()
+        if not any(k.startswith("qat.") for k in state):
+            state = deepen_body(state, DemosaicNet(self.cfg.width, self.cfg.blocks, self.cfg.refine).state_dict())
         state = widen_refine(state, net.state_dict())
         if not self.cfg.int8:
             return state

@@ -220,3 +220,21 @@ def test_a_wider_refinement_starts_from_narrower_weights_unchanged(tmp_path, tin
     assert manifest_fields(wide.cfg)["params"]["refine"] == 32 and "refine" not in manifest_fields(same.cfg)["params"]
     with pytest.raises(InputError, match="refinement channels"):
         narrow.init_state(wide.model.state_dict())
+
+
+def test_a_deeper_network_starts_from_shallower_weights_unchanged(tmp_path, tiny_data):
+    shallow = DemosaicTask(_cfg(tmp_path, tiny_data, "shallow"))
+    torch.manual_seed(0)
+    for p in shallow.model.parameters():
+        p.data.normal_(0, 0.05)
+    deep = DemosaicTask(_cfg(tmp_path, tiny_data, "deep", blocks=3))
+    deep.model.load_state_dict(deep.init_state(shallow.model.state_dict()))
+    torch.testing.assert_close(deep.model.body[0].conv1.weight, shallow.model.body[0].conv1.weight)
+    assert float(deep.model.body[2].conv1.weight.detach().abs().max()) > 0  # live, read through a zero conv
+    x = torch.rand(2, 2, 32, 32) * torch.tensor([1.0, 0.05])[None, :, None, None]
+    with torch.no_grad():
+        torch.testing.assert_close(deep.model(x), shallow.model(x), rtol=0, atol=1e-6)
+    deep.model(x).square().mean().backward()
+    assert float(deep.model.body[2].conv2.weight.grad.abs().max()) > 0
+    with pytest.raises(InputError, match="residual blocks"):
+        shallow.init_state(deep.model.state_dict())
