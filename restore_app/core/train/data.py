@@ -111,3 +111,56 @@ class PatchSampler:
         if self.jitter is not None:
             patch = self.jitter(patch, rng)
         return np.ascontiguousarray(patch, dtype=np.float32)
+
+
+def dead_leaves(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A synthetic "dead leaves" patch (``size``×``size`` RGB in [0, 1]): occluding ellipses and
+    polygons of log-uniform size (many scales at once), drawn at twice the size and shrunk ×2 with
+    MATLAB bicubic like the training photos.
+
+    Half the patches take their colours from one brightness with random chroma, the rest uniformly
+    from the RGB cube, so they are dense in what photo sets hold few of: sharp edges between saturated
+    colours of similar brightness, corners and thin shapes in any orientation. Each shape is flat or
+    shaded by a linear ramp; with ``texture`` (a grey ``2·size`` square patch) the whole is modulated
+    by its detail, for fine texture inside the colour regions."""
+    import cv2
+
+    big = 2 * size
+    equal_luma = rng.random() < 0.5
+    base = rng.uniform(0.2, 0.8)
+
+    def colour() -> np.ndarray:
+        if not equal_luma:
+            return rng.uniform(0, 1, 3)
+        chroma = rng.normal(size=3)
+        chroma -= (chroma @ LUMA) * np.ones(3) / LUMA.sum()  # no luma of its own
+        chroma *= rng.uniform(0, 0.35) / max(np.linalg.norm(chroma), 1e-6)
+        return np.clip(base + rng.normal(0, 0.06) + chroma, 0, 1)
+
+    canvas = np.empty((big, big, 3), np.float32)
+    canvas[:] = colour()
+    yy, xx = np.mgrid[0:big, 0:big].astype(np.float32) / big
+    for _ in range(int(rng.integers(60, 160))):
+        r = np.exp(rng.uniform(np.log(3.0), np.log(big * 0.5)))
+        cx, cy = rng.uniform(-0.1, 1.1, 2) * big
+        mask = np.zeros((big, big), np.uint8)
+        if rng.random() < 0.6:
+            axes = (max(1, int(r)), max(1, int(r * rng.uniform(0.2, 1.0))))
+            cv2.ellipse(mask, (int(cx), int(cy)), axes, rng.uniform(0, 180), 0, 360, 1, -1)
+        else:
+            n = int(rng.integers(3, 6))
+            angles = np.sort(rng.uniform(0, 2 * np.pi, n))
+            radii = r * rng.uniform(0.4, 1.0, n)
+            pts = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], axis=1)
+            cv2.fillPoly(mask, [np.rint(pts).astype(np.int32)], 1)
+        inside = mask.astype(bool)
+        if not inside.any():
+            continue
+        fill = colour().astype(np.float32)
+        if rng.random() < 0.4:  # shaded: a linear ramp across the patch
+            gx, gy = rng.normal(0, 0.3, 2)
+            ramp = 1 + gx * (xx[inside] - cx / big) + gy * (yy[inside] - cy / big)
+            canvas[inside] = np.clip(fill[None] * ramp[:, None], 0, 1)
+        else:
+            canvas[inside] = fill
+    return np.clip(downsample(canvas, 2), 0.0, 1.0).astype(np.float32)

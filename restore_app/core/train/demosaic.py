@@ -30,7 +30,15 @@ from restore_app.core.metrics import psnr
 from restore_app.core.noise import sensor_noise_map
 from restore_app.core.pipeline import Restorer
 from restore_app.core.registry import ENSEMBLE_TRANSFORMS, LoadedModel, parse_manifest
-from restore_app.core.train.data import Jitter, PatchSampler, bsds_train_val, image_files, load_images, saturate
+from restore_app.core.train.data import (
+    Jitter,
+    PatchSampler,
+    bsds_train_val,
+    dead_leaves,
+    image_files,
+    load_images,
+    saturate,
+)
 from restore_app.core.train.loop import TrainConfig, int8_precision
 
 
@@ -46,6 +54,7 @@ class DemosaicTrainConfig(TrainConfig):
     zero_noise_prob: float = 0.0  # share of patches with no noise at all (σ = 0 exactly)
     hard_prob: float = 0.0  # share of patches mined as the hardest of ``hard_candidates`` for bilinear
     hard_candidates: int = 4
+    synthetic_prob: float = 0.0  # share of patches that are synthetic dead leaves (data.dead_leaves)
     saturation: float = 1.0  # chroma gain up to this (1 = off), on ``saturation_prob`` of patches
     saturation_prob: float = 0.0
     luma_contrast: float = 1.0  # on those patches, luma contrast × a factor down to this (1 = off)
@@ -62,6 +71,7 @@ class DemosaicTrainConfig(TrainConfig):
         self.data = tuple(Path(d) for d in self.data)
         check_range(self.calibrate, 0, None, "calibrate")
         check_range(self.luma_contrast, 0.0, 1.0, "luma_contrast")
+        check_range(self.synthetic_prob, 0.0, 1.0, "synthetic_prob")
         check_range(self.val_luma_contrast, 0.0, 1.0, "val_luma_contrast")
         if self.calibrate and not self.int8:
             raise InputError("--calibrate sets the ranges of an int8 network: give --int8 too")
@@ -194,7 +204,10 @@ class DemosaicTask:
     def _patch(self, rng: np.random.Generator) -> np.ndarray:
         """A random patch or, with probability ``hard_prob``, the one of ``hard_candidates`` that
         bilinear demosaicing gets most wrong (hard-case mining after Gharbi et al., with bilinear
-        error standing in for their network's: it finds fine texture, moiré and colour edges)."""
+        error standing in for their network's: it finds fine texture, moiré and colour edges).
+        With probability ``synthetic_prob`` it is a synthetic dead-leaves patch instead."""
+        if self.cfg.synthetic_prob > 0 and rng.random() < self.cfg.synthetic_prob:
+            return dead_leaves(rng, self.cfg.patch)
         if self.cfg.hard_prob <= 0 or rng.random() >= self.cfg.hard_prob:
             return self.sampler(rng)
         candidates = [self.sampler(rng) for _ in range(max(1, self.cfg.hard_candidates))]

@@ -238,3 +238,25 @@ def test_a_deeper_network_starts_from_shallower_weights_unchanged(tmp_path, tiny
     assert float(deep.model.body[2].conv2.weight.grad.abs().max()) > 0
     with pytest.raises(InputError, match="residual blocks"):
         shallow.init_state(deep.model.state_dict())
+
+
+def test_dead_leaves_patches_are_dense_in_colour_edges(tmp_path, tiny_data, coffee):
+    from restore_app.core.color import LUMA
+    from restore_app.core.train.data import dead_leaves
+
+    def edge_ratio(p: np.ndarray) -> float:  # colour change against brightness change across columns
+        c = p - (p @ LUMA)[..., None]
+        return float(np.abs(np.diff(c, axis=1)).sum() / np.abs(np.diff(p @ LUMA, axis=1)).sum())
+
+    patches = [dead_leaves(np.random.default_rng(s), 64) for s in range(8)]
+    assert all(p.shape == (64, 64, 3) and p.dtype == np.float32 and 0 <= p.min() and p.max() <= 1 for p in patches)
+    assert np.array_equal(patches[0], dead_leaves(np.random.default_rng(0), 64))
+    assert all(len(np.unique(p.reshape(-1, 3).round(2), axis=0)) > 20 for p in patches)  # many regions, not flat
+    photo = np.float32(coffee[:64, :64]) / 255
+    assert np.median([edge_ratio(p) for p in patches]) > 1.5 * edge_ratio(photo)  # a colourful photo
+    task = DemosaicTask(_cfg(tmp_path, tiny_data, "dl", synthetic_prob=1.0, patch=64))
+    x, y = task.batch(np.random.default_rng(0), 2)
+    assert y.shape == (2, 3, 64, 64) and not any(np.allclose(y[0].numpy().transpose(1, 2, 0), im[:64, :64])
+                                                 for im in task.sampler.images)
+    with pytest.raises(InputError, match="synthetic_prob"):
+        _cfg(tmp_path, tiny_data, "bad", synthetic_prob=1.5)
