@@ -180,13 +180,13 @@ class DemosaicTask:
         then set from histograms of that many training batches (:func:`~restore_app.core.int8.calibrate_ranges`).
         Float weights with fewer residual blocks or a narrower full-resolution stage than asked for
         are grown without changing what they compute (:func:`deepen_body`, :func:`widen_refine`)."""
-        net = self._network()
-        if not any(k.startswith("qat.") for k in state):
-            state = deepen_body(state, DemosaicNet(self.cfg.width, self.cfg.blocks, self.cfg.refine).state_dict())
-        state = widen_refine(state, net.state_dict())
+        quantised = any(k.startswith("qat.") for k in state)
+        fresh = DemosaicNet(self.cfg.width, self.cfg.blocks, self.cfg.refine).state_dict()
+        state = widen_refine(state if quantised else deepen_body(state, fresh), fresh)
         if not self.cfg.int8:
             return state
-        if any(k.startswith("qat.") for k in state):
+        net = self._network()
+        if quantised:
             net.load_state_dict(state)
         else:
             net.load_float_state({k: v.cpu() for k, v in state.items()})
