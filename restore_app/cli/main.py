@@ -26,7 +26,7 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     # the choices are engine.ENSEMBLE_MODES, written out so that --help does not import torch
     g.add_argument("--ensemble", default="on", choices=("off", "on", "full"),
                    help="self-ensemble: average over test-time flips/transposes a model names; on: its "
-                        "default set (about 2× the time), full: its larger set (best quality, 4–8×), off: "
+                        "default set (2–4× the time), full: its larger set (best quality, 4–8×), off: "
                         "one pass")
     g.add_argument("--no-ensemble", dest="ensemble", action="store_const", const="off",
                    help="one pass, fastest (the same as --ensemble off)")
@@ -299,7 +299,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from restore_app.core.registry import default_registry
+    from restore_app.core.registry import default_registry, stands_in
 
     registry = default_registry()
     manifests = registry.manifests(args.task)
@@ -310,9 +310,11 @@ def cmd_models(args) -> int:
         return 0
     from restore_app.core import int8
 
-    defaults = {m.id for m in manifests if m.default}
-    # int8 forms stand in for their default where int8 is fast (the GUI's default on such a CPU)
-    stand_ins = {m.id for m in manifests if m.int8_of in defaults} if int8.fast_on_this_cpu() else set()
+    defaults = {m.id: m for m in manifests if m.default}
+    # int8 forms stand in for their default where int8 is fast (the GUI's default on such a CPU),
+    # unless they defer to it where it runs in bf16 (a CPU with AMX)
+    stand_ins = {m.id for m in manifests if m.int8_of in defaults and stands_in(m, defaults[m.int8_of])} \
+        if int8.fast_on_this_cpu() else set()
     print(f"{'id':24s} {'task':9s} {'input':6s} {'scale':>5s}  {'source':10s} name")
     for m in manifests:
         star = "*" if m.default else ("+" if m.id in stand_ins else " ")

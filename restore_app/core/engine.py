@@ -26,7 +26,7 @@ from restore_app.core.jobs import CancelToken, ProgressCallback, check_cancel
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# self-ensemble: one pass; the model's default transforms (about 2× the time); its full set (4–8×)
+# self-ensemble: one pass; the model's default transforms (2–4× the time); its full set (4–8×)
 ENSEMBLE_MODES = ("off", "on", "full")
 
 

@@ -65,8 +65,11 @@ class ModelManifest:
     keeps its samples exactly where they were measured. ``max_tile`` caps the engine's tile size for
     this model (0: no cap), for models whose memory grows faster with the tile (clip models hold a
     whole chunk of frames per tile). ``int8_of`` (int8 models): the id of the float model this one
-    restores at least as well by default; where int8 is fast (a CPU with VNNI or AMX) it stands in
-    for that model as the task's default (:meth:`Registry.default`).
+    is a faster form of, restoring about as well by default (its card compares them); where int8 is
+    fast (a CPU with VNNI or AMX) it stands in for that model as the task's default
+    (:meth:`Registry.default`). ``stand_in_with_bf16 = false`` (int8 models) keeps the float model
+    as the default where it runs in bf16 on AMX, for a pair whose float default fits the time there
+    and restores better (:func:`stands_in`).
     """
 
     id: str
@@ -98,6 +101,7 @@ class ModelManifest:
     description: str = ""
     default: bool = False
     int8_of: str = ""
+    stand_in_with_bf16: bool = True
     root: Path | None = None
     source: str = "built-in"
 
@@ -174,7 +178,7 @@ def parse_manifest(data: Mapping[str, Any], root: Path | None = None,
         expect("jpeg_constraint", isinstance(d["jpeg_constraint"], (int, float))
                and not isinstance(d["jpeg_constraint"], bool) and 0 <= d["jpeg_constraint"] <= MAX_SHRINK,
                f"a number from 0 to {MAX_SHRINK} (the interval shrink)")
-    for key in ("tileable", "default", "keep_samples"):
+    for key in ("tileable", "default", "keep_samples", "stand_in_with_bf16"):
         if key in d:
             expect(key, isinstance(d[key], bool), "true or false")
     expect("channels", all(c in (1, 3) for c in d.get("channels", (3,))), "a list of 1 and/or 3")
@@ -222,6 +226,22 @@ class LoadedModel:
     manifest: ModelManifest
     module: nn.Module
     weights_sha256: str | None = None
+
+
+def stands_in(form: ModelManifest, model: ModelManifest, fast_bf16: bool | None = None) -> bool:
+    """Whether the int8 model ``form`` stands in for ``model`` as the default on a CPU with fast int8:
+    where its ``int8_of`` names ``model``, unless its manifest sets ``stand_in_with_bf16 = false`` and
+    ``model`` runs in bf16 here (it allows bf16 and ``fast_bf16``, the CPU has AMX:
+    :func:`~restore_app.core.engine.cpu_has_fast_bf16`, found out when ``None``)."""
+    if form.int8_of != model.id:
+        return False
+    if form.stand_in_with_bf16 or "bf16" not in model.precisions:
+        return True
+    if fast_bf16 is None:
+        from restore_app.core.engine import cpu_has_fast_bf16
+
+        fast_bf16 = cpu_has_fast_bf16()
+    return not fast_bf16
 
 
 def default_model_paths() -> list[tuple[Path, str]]:
@@ -419,13 +439,15 @@ class Registry:
             raise ModelNotFoundError(f"unknown model {model_id!r}; known models: {known}")
         return found[model_id]
 
-    def default(self, task: str, grey: bool = False, int8: bool = False) -> ModelManifest:
+    def default(self, task: str, grey: bool = False, int8: bool = False,
+                fast_bf16: bool | None = None) -> ModelManifest:
         """The task's default model (``default = true`` in its manifest, else the first by id).
 
         A task may mark a colour and a grey default: for ``grey`` input the one that takes one
         channel is preferred, otherwise one that takes three. With ``int8`` (where int8 models are
         fast: :func:`restore_app.core.int8.preferred`), an int8 model whose ``int8_of`` names the
-        default stands in for it.
+        default stands in for it, unless it defers to the float model in bf16 (:func:`stands_in`;
+        ``fast_bf16``: whether this CPU has fast bf16, ``None`` = find out).
         """
         candidates = self.manifests(task)
         if not candidates:
@@ -433,7 +455,7 @@ class Registry:
         marked = [m for m in candidates if m.default] or candidates[:1]
         fits = [m for m in marked if (1 if grey else 3) in m.channels]
         chosen = (fits or marked)[0]
-        forms = [m for m in candidates if int8 and m.int8_of == chosen.id]
+        forms = [m for m in candidates if int8 and stands_in(m, chosen, fast_bf16)]
         return forms[0] if forms else chosen
 
     def load(self, model: str | ModelManifest) -> LoadedModel:

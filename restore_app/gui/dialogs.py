@@ -8,7 +8,7 @@ from restore_app.gui.settings import THEMES, Settings
 
 ENSEMBLE_LABELS = {  # engine.ENSEMBLE_MODES, as the settings dialog names them
     "off": "Fast (one pass)",
-    "on": "Balanced (self-ensemble, about 2× the time)",
+    "on": "Balanced (self-ensemble, 2–4× the time)",
     "full": "Best (full self-ensemble, 4–8× the time)",
 }
 

@@ -43,6 +43,11 @@ def test_models_json_lists_every_task():
     # the grey JPEG model's int8 form is marked where it stands in for it: on this CPU if it has fast int8
     line = next(row for row in text.splitlines() if row.startswith("restore-jpeg-grey-int8 "))
     assert (line.split()[3].endswith("+") and "+ = the int8 form" in text) == int8.fast_on_this_cpu()
+    # the demosaicer's int8 form defers to it where it runs in bf16 (a CPU with AMX)
+    from restore_app.core.engine import cpu_has_fast_bf16
+
+    line = next(row for row in text.splitlines() if row.startswith("restore-dm-int8 "))
+    assert line.split()[3].endswith("+") == (int8.fast_on_this_cpu() and not cpu_has_fast_bf16())
 
 
 def test_run_and_compare(tmp_path, coffee):
@@ -181,15 +186,16 @@ def test_model_required_except_for_raw(tmp_path, coffee):
     write_image(tmp_path / "in.png", coffee)
     result = restore("run", "in.png", "-o", "out.png", cwd=tmp_path, check=False)
     assert result.returncode == 2 and "--model is required" in result.stderr
-    # a RAW file goes to the default demosaicer: its int8 form where int8 is fast, as in the GUI
+    # a RAW file goes to the default demosaicer: its int8 form where int8 is fast and bf16 is not, as in the GUI
     from restore_app.core import int8
     from restore_app.core.degrade import mosaic
+    from restore_app.core.engine import cpu_has_fast_bf16
     from tests.helpers import smooth_rgb, write_dng
 
     counts = np.rint(256 + mosaic(smooth_rgb(64, 96), "RGGB") * 3800).astype(np.uint16)
     write_dng(tmp_path / "a.dng", counts, "RGGB")
     result = restore("run", "a.dng", "-o", "a.tif", cwd=tmp_path)
-    expected = "restore-dm-int8" if int8.fast_on_this_cpu() else "restore-dm"
+    expected = "restore-dm-int8" if int8.fast_on_this_cpu() and not cpu_has_fast_bf16() else "restore-dm"
     assert "wrote a.tif" in result.stdout and f"({expected} on cpu" in result.stdout
     assert read_image(tmp_path / "a.tif").shape == (64, 96, 3)
 

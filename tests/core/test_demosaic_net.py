@@ -171,8 +171,9 @@ def test_int8_training_starts_from_float_weights_and_exports(tmp_path, coffee):
     from restore_app.core.registry import default_registry
 
     shipped = default_registry().get("restore-dm-int8")  # what an export writes is what ships
-    assert (fields["description"], tuple(fields["ensemble"]), fields["int8_of"], fields["keep_samples"]) == \
-        (shipped.description, shipped.ensemble, shipped.int8_of, shipped.keep_samples)
+    assert (fields["description"], tuple(fields["ensemble"]), fields["int8_of"], fields["keep_samples"],
+            fields["stand_in_with_bf16"]) == \
+        (shipped.description, shipped.ensemble, shipped.int8_of, shipped.keep_samples, shipped.stand_in_with_bf16)
     folder = export_model(cfg.out / "best.safetensors", tmp_path / "zoo" / "tiny-dm-int8",
                           {**fields, "id": "tiny-dm-int8", "params": {"width": 16, "blocks": 2}})
     model = Registry(paths=[(folder.parent, "test")], entry_points=False).load("tiny-dm-int8").module
@@ -181,3 +182,15 @@ def test_int8_training_starts_from_float_weights_and_exports(tmp_path, coffee):
     with torch.inference_mode():
         # the same result (the trained network's float layers are channels-last: rounding may differ)
         assert torch.allclose(model(x), task.model.eval()(x), atol=1e-6)
+
+
+def test_export_writes_the_shipped_float_manifest():
+    """What ``restore train demosaic`` exports is what ships, the self-ensembles chosen on validation
+    (4 passes by default) included."""
+    from restore_app.core.registry import default_registry
+
+    shipped = default_registry().get("restore-dm")
+    fields = manifest_fields(DemosaicTrainConfig())
+    assert (fields["description"], tuple(fields["ensemble"]), tuple(fields["ensemble_full"]), fields["keep_samples"]) \
+        == (shipped.description, shipped.ensemble, shipped.ensemble_full, shipped.keep_samples)
+    assert len(shipped.ensemble) == 3

@@ -66,6 +66,7 @@ def test_unknown_id_lists_known_ones():
     ({"jpeg_constraint": "0.1"}, "jpeg_constraint must be"),
     ({"int8_of": "a-model"}, "int8_of must be"),  # on a float model
     ({"int8_of": "Bad Id", "precisions": ["int8"]}, "int8_of must be"),
+    ({"stand_in_with_bf16": "no"}, "stand_in_with_bf16 must be"),
 ])
 def test_manifest_validation(change, message):
     with pytest.raises(ModelLoadError, match=message):
@@ -226,17 +227,27 @@ def test_an_int8_form_stands_in_for_its_default_where_int8_is_fast(tmp_path):
     _model_folder(zoo / "a", "a-grey", "identity", None, extra="default = true\nchannels = [1]\n")
     _model_folder(zoo / "b", "b-grey-int8", "identity", None,
                   extra='channels = [1]\nprecisions = ["int8"]\nint8_of = "a-grey"\n')
-    _model_folder(zoo / "c", "c-colour", "identity", None, extra="default = true\n")
+    _model_folder(zoo / "c", "c-colour", "identity", None, extra='default = true\nprecisions = ["fp32", "bf16"]\n')
+    _model_folder(zoo / "d", "d-colour-int8", "identity", None,
+                  extra='precisions = ["int8"]\nint8_of = "c-colour"\nstand_in_with_bf16 = false\n')
     reg = Registry(paths=[(zoo, "zoo")], entry_points=False)
     assert reg.default("jpeg", grey=True).id == "a-grey"
     assert reg.default("jpeg", grey=True, int8=True).id == "b-grey-int8"
-    assert reg.default("jpeg", int8=True).id == "c-colour"  # no int8 form of the colour default
+    assert reg.default("jpeg", grey=True, int8=True, fast_bf16=True).id == "b-grey-int8"
+    # a form with stand_in_with_bf16 = false defers to its float model where that runs in bf16 (AMX)
+    assert reg.default("jpeg", int8=True, fast_bf16=False).id == "d-colour-int8"
+    assert reg.default("jpeg", int8=True, fast_bf16=True).id == "c-colour"
+    assert reg.default("jpeg", fast_bf16=False).id == "c-colour"  # int8 not asked for
     shipped = default_registry()
     assert shipped.default("jpeg", grey=True, int8=True).id == "restore-jpeg-grey-int8"
     assert (shipped.default("jpeg").id, shipped.default("jpeg", int8=True).id) == ("restore-jpeg", "restore-jpeg-int8")
     assert shipped.default("demosaic").id == "restore-dm"
-    assert shipped.default("demosaic", int8=True).id == "restore-dm-int8"
+    assert shipped.default("demosaic", int8=True, fast_bf16=False).id == "restore-dm-int8"
+    assert shipped.default("demosaic", int8=True, fast_bf16=True).id == "restore-dm"
     from restore_app.core import int8
+    from restore_app.core.engine import cpu_has_fast_bf16
+
+    assert shipped.default("demosaic", int8=True).id == ("restore-dm" if cpu_has_fast_bf16() else "restore-dm-int8")
 
     assert not int8.preferred("cpu", "fp32")  # a precision asked for: the float model
     assert int8.preferred("cpu") == int8.fast_on_this_cpu()

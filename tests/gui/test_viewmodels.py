@@ -7,6 +7,7 @@ import pytest
 
 from restore_app.core import int8
 from restore_app.core.degrade import jpeg_compress, mosaic
+from restore_app.core.engine import cpu_has_fast_bf16
 from restore_app.core.errors import InputError
 from restore_app.core.io import VideoWriter, to_float, write_image
 from restore_app.core.jobs import CancelToken
@@ -60,8 +61,9 @@ def test_raw_files_need_a_demosaicer_first(vm, tmp_path):
     counts = np.rint(256 + mosaic(smooth_rgb(64, 96), "GBRG") * 3800).astype(np.uint16)
     vm.open(write_dng(tmp_path / "a.dng", counts, "GBRG"))
     assert vm.input_kind() == "cfa"
-    # the default demosaicer; its int8 form on a CPU with fast int8 (this build machine)
-    assert vm.chain[:1] == ["restore-dm-int8" if int8.fast_on_this_cpu() else "restore-dm"]
+    # the default demosaicer; its int8 form on a CPU with fast int8 but without AMX's fast bf16
+    fast = int8.fast_on_this_cpu() and not cpu_has_fast_bf16()
+    assert vm.chain[:1] == ["restore-dm-int8" if fast else "restore-dm"]
     with pytest.raises(InputError, match="cannot take this input"):
         vm.set_chain(["jpeg-identity"])
     vm.set_chain([vm.chain[0], "bicubic-x2"])  # demosaic then upscale is a valid chain

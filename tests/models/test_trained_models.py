@@ -83,7 +83,7 @@ def test_restore_jpeg_grey_restores_grey_and_quality_90():
 
 
 def test_self_ensemble_is_not_worse_than_one_pass():
-    """The transposed second pass that restore-dm and restore-jpeg average in by default."""
+    """The passes restore-dm averages in by default (the transposed, turned and anti-transposed mosaics)."""
     clean = _photo()
     noisy = mosaic(clean, "RGGB")
     scores = {}
@@ -92,7 +92,7 @@ def test_self_ensemble_is_not_worse_than_one_pass():
                      Engine(EngineConfig(device="cpu", precision="fp32", tile=0, ensemble=ensemble)))
         scores[ensemble] = psnr(_u8(clean), _u8(r.demosaic(noisy, sigma=0.0)), 255.0, crop=10)
     assert scores[True] >= scores[False]
-    assert scores[True] != scores[False]  # the second pass really ran
+    assert scores[True] != scores[False]  # the other passes really ran
 
 
 def _moving_clip(frames: int = 6):
@@ -257,7 +257,8 @@ def test_int8_jpeg_models_restore_almost_as_well_as_their_float_models(model_id)
 def test_int8_demosaicer_restores_almost_as_well_as_the_float_one():
     """restore-dm-int8 (8-bit quarter-resolution layers) against restore-dm, one pass each, on a
     noise-free and a noisy mosaic of another Bayer phase: within 0.25 dB; its three-pass default
-    at least as good as the float model's two-pass default, less 0.05 dB (on validation it is better)."""
+    within 0.25 dB of the float model's four-pass default or better (on validation 0.17 dB lower
+    noise-free and level with noise, where it stands in for it: a CPU with fast int8 but no AMX)."""
     from restore_app.core import int8
 
     if not int8.available():
@@ -273,4 +274,4 @@ def test_int8_demosaicer_restores_almost_as_well_as_the_float_one():
         noisy = add_gaussian_noise(mosaic(clean, "GRBG"), sigma, seed=8)
         ours, ref = run("restore-dm-int8", noisy, sigma, "off"), run("restore-dm", noisy, sigma, "off")
         assert abs(ours - ref) < 0.25, (sigma, ours, ref)
-        assert run("restore-dm-int8", noisy, sigma, "on") > run("restore-dm", noisy, sigma, "on") - 0.05, sigma
+        assert run("restore-dm-int8", noisy, sigma, "on") > run("restore-dm", noisy, sigma, "on") - 0.25, sigma
