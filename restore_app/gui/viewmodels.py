@@ -272,7 +272,8 @@ class MainViewModel:
         return [self.default_model(task, grey=grey).id]
 
     def default_model(self, task: str, grey: bool = False) -> ModelManifest:
-        """The task's default model, in its int8 form where the settings run on a CPU with fast int8."""
+        """The task's default model, in its int8 form where the settings run on a CPU with fast int8
+        (unless the form defers to its float model on a CPU with AMX: ``registry.stands_in``)."""
         try:
             fast = int8.preferred(self.settings.device, self.settings.precision)
         except InputError:  # a device set but not present here: the engine will say so

@@ -238,6 +238,14 @@ def test_an_int8_form_stands_in_for_its_default_where_int8_is_fast(tmp_path):
     assert reg.default("jpeg", int8=True, fast_bf16=False).id == "d-colour-int8"
     assert reg.default("jpeg", int8=True, fast_bf16=True).id == "c-colour"
     assert reg.default("jpeg", fast_bf16=False).id == "c-colour"  # int8 not asked for
+    # ... but not where the float model would not run in bf16 anyway
+    import dataclasses
+
+    from restore_app.core.registry import stands_in
+
+    form, colour = reg.get("d-colour-int8"), reg.get("c-colour")
+    assert stands_in(form, dataclasses.replace(colour, precisions=("fp32",)), fast_bf16=True)
+    assert not stands_in(form, reg.get("a-grey"), fast_bf16=False)  # not the model it names
     shipped = default_registry()
     assert shipped.default("jpeg", grey=True, int8=True).id == "restore-jpeg-grey-int8"
     assert (shipped.default("jpeg").id, shipped.default("jpeg", int8=True).id) == ("restore-jpeg", "restore-jpeg-int8")
