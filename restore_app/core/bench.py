@@ -193,8 +193,7 @@ def _ensemble_variants(model_id: str, engine: Engine, registry: Registry) -> lis
     out = [(model_id + suffix, engine)]
     if mode == "full" and manifest.ensemble_for("full") != manifest.ensemble_for("on"):
         out.append((f"{model_id} (default ensemble)", Engine(replace(engine.config, ensemble="on"))))
-    # the single pass, unless a row already runs it (a model whose default adds no pass)
-    if manifest.ensemble_for(mode) and (mode != "full" or manifest.ensemble_for("on")):
+    if manifest.ensemble_for(mode):
         out.append((f"{model_id} (single pass)", Engine(replace(engine.config, ensemble="off"))))
     if manifest.jpeg_constraint is not None and engine.config.jpeg_constraint:
         out.append((f"{model_id}{suffix} (no JPEG constraint)", Engine(replace(engine.config, jpeg_constraint=False))))

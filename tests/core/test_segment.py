@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from restore_app.core.archs.dwt_net import DWTEnsemble, DWTNet, DWTNetInt8
+from restore_app.core.archs.dwt_net import DWTNet, DWTNetInt8
 from restore_app.core.errors import InputError
 from restore_app.core.io import read_image
 from restore_app.core.metrics import instance_scores
@@ -155,69 +155,6 @@ def test_leave_one_out_fold_is_exported_with_its_own_cut_level(tmp_path, coffee)
     manifest = read_manifest(model)
     assert fold_weights(manifest, "b.png") == fold
     load_weights(build_module(manifest), fold)  # same architecture, strict keys
-
-
-def test_dwt_ensemble_averages_its_members_maps_each_on_its_own_view():
-    torch.manual_seed(0)
-    a, b = DWTNet(widths=(8, 8, 8, 8)).eval(), DWTNet(widths=(8, 8, 8, 8)).eval()
-    x = torch.rand(1, 3, 30, 45)
-    pair = DWTEnsemble.of([a, b], ("identity", "transpose"), cut_level=4).eval()
-    with torch.inference_mode():
-        want = (a(x) + DWTNet.transpose_maps(b(x.transpose(-2, -1)))) / 2
-        assert torch.allclose(pair(x), want, atol=1e-5)
-        assert torch.allclose(DWTEnsemble.of([a], ("identity",)).eval()(x), a(x), atol=1e-6)
-        assert not torch.allclose(pair(x), a(x), atol=1e-3)
-    assert pair.cut_level == 4 and pair.members[0].cut_level == 4
-    with torch.no_grad():
-        a.fg.bias.add_(1.0)  # the ensemble holds copies: later changes to a network do not reach it
-    assert not torch.equal(pair.members[0].fg.bias, a.fg.bias)
-    with pytest.raises(ValueError, match="views"):
-        DWTEnsemble(widths=(8, 8, 8, 8), views=("identity", "rot90"))
-
-
-def test_ensemble_with_exports_a_two_network_fold_and_model_that_load_and_fine_tune(tmp_path, coffee):
-    """``--ensemble-with`` makes the export a :class:`DWTEnsemble` of the given weights and the run's
-    best, with the cut level its own validation chose; the model folder's manifest builds it, its
-    folds load into it, and ``--init`` from it fine-tunes its first member."""
-    from safetensors.torch import load_file
-
-    from restore_app.cli.main import main
-    from restore_app.core.bench import fold_metadata
-    from restore_app.core.registry import build_module, load_weights, read_manifest
-    from restore_app.core.train.segment import SegmentTrainConfig
-
-    data, textures = _tiles_and_textures(tmp_path, coffee)
-    common = ["--data", str(data), "--textures", str(textures), "--patch", "64", "--batch", "2",
-              "--widths", "8,8,8,8", "--iterations", "2", "--val-every", "2", "--threads", "1"]
-    first = tmp_path / "first"
-    assert main(["train", "segment", *common, "--holdout", "b.png", "--out", str(first)]) == 0
-    model = tmp_path / "models" / "pair-dwt"
-    assert main(["train", "segment", *common, "--holdout", "b.png", "--seed", "3", "--out", str(tmp_path / "second"),
-                 "--ensemble-with", str(first / "best.safetensors"), "--export", str(model)]) == 0
-    assert main(["train", "segment", *common, "--seed", "4", "--out", str(tmp_path / "full"),
-                 "--ensemble-with", str(first / "best.safetensors"), "--export", str(model)]) == 0
-    manifest = read_manifest(model)
-    assert manifest.architecture == "dwt_ensemble" and manifest.params["views"] == ["identity", "identity"]
-    assert list(manifest.ensemble) == [] and list(manifest.ensemble_full) == ["transpose"]  # 2 and 4 passes
-    fold = model / "folds" / "b.safetensors"
-    meta = fold_metadata(fold)
-    assert meta["holdout"] == "b.png" and meta["members"] == "best.safetensors + second"
-    assert int(meta["cut_level"]) in (2, 3, 4)
-    net = build_module(manifest)
-    assert isinstance(net, DWTEnsemble) and len(net.members) == 2
-    load_weights(net, fold)  # strict keys
-    state, own = load_file(str(fold)), load_file(str(first / "best.safetensors"))
-    assert all(torch.equal(state[f"members.0.{k}"], v) for k, v in own.items())
-    assert not all(torch.equal(state[f"members.1.{k}"], v) for k, v in own.items())
-    # fine-tuning from the ensemble's weights starts from its first member
-    assert main(["train", "segment", *common, "--iterations", "1", "--val-every", "1",
-                 "--init", str(model / "weights.safetensors"), "--out", str(tmp_path / "tuned")]) == 0
-    with pytest.raises(InputError, match="int8"):
-        SegmentTrainConfig(int8=True, ensemble_with=str(first / "best.safetensors"))
-    with pytest.raises(InputError, match="no such weights"):
-        SegmentTrainConfig(ensemble_with=str(tmp_path / "missing.safetensors"))
-    with pytest.raises(InputError, match="ensemble-views"):
-        SegmentTrainConfig(ensemble_views="identity,rot90")
 
 
 def test_fade_foreground_makes_objects_pale_and_leaves_the_background(coffee):

@@ -21,5 +21,4 @@ ARCHITECTURES: dict[str, str] = {
     "recurrent_vsr": "restore_app.core.archs.vsr_net:RecurrentVSR",
     "dwt_net": "restore_app.core.archs.dwt_net:DWTNet",
     "dwt_net_int8": "restore_app.core.archs.dwt_net:DWTNetInt8",
-    "dwt_ensemble": "restore_app.core.archs.dwt_net:DWTEnsemble",
 }

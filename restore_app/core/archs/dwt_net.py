@@ -46,7 +46,7 @@ class DWTNet(nn.Module):
     def __init__(self, widths: tuple[int, int, int, int] = (24, 48, 96, 128), cut_level: int = 3,
                  min_area: int = 8) -> None:
         super().__init__()
-        w0, w1, w2, w3 = self.widths = tuple(int(w) for w in widths)
+        w0, w1, w2, w3 = widths
         self.cut_level, self.min_area = int(cut_level), int(min_area)
         self.enc0, self.enc1, self.enc2, self.enc3 = _pair(3, w0), _pair(w0, w1), _pair(w1, w2), _pair(w2, w3)
         self.up2, self.dec2 = nn.ConvTranspose2d(w3, w2, 2, stride=2), _pair(2 * w2, w2)
@@ -87,49 +87,6 @@ class DWTNet(nn.Module):
 
         labels = [instances_from_maps(m.float().cpu().numpy(), self.cut_level, self.min_area) for m in maps]
         return torch.from_numpy(np.stack(labels)[:, None]).to(torch.int64)
-
-
-class DWTEnsemble(nn.Module):
-    """Independently trained :class:`DWTNet` members whose maps are averaged before the
-    post-processing: ``views[i]`` is ``"identity"`` or ``"transpose"``, the view of the image
-    member ``i`` sees (its maps come back through :meth:`DWTNet.transpose_maps`). Two members cost
-    what one network's transposed self-ensemble costs; ``restore-dwt`` is two networks trained apart,
-    both on the image itself (which beat pairing either with the transposed image on validation).
-
-    >>> net = DWTEnsemble(widths=(8, 8, 8, 8), views=("identity", "transpose"))
-    >>> net(torch.rand(1, 3, 30, 45)).shape
-    torch.Size([1, 19, 30, 45])
-    """
-
-    transpose_maps = staticmethod(DWTNet.transpose_maps)
-    flip_maps = staticmethod(DWTNet.flip_maps)
-    postprocess = DWTNet.postprocess
-
-    def __init__(self, widths: tuple[int, int, int, int] = (24, 48, 96, 128),
-                 views: tuple[str, ...] = ("identity", "identity"), cut_level: int = 3, min_area: int = 8) -> None:
-        super().__init__()
-        unknown = sorted(set(views) - {"identity", "transpose"})
-        if unknown or not views:
-            raise ValueError(f"DWTEnsemble views must be 'identity' or 'transpose', got {list(views)}")
-        self.views = tuple(views)
-        self.cut_level, self.min_area = int(cut_level), int(min_area)
-        self.members = nn.ModuleList(DWTNet(widths, cut_level, min_area) for _ in self.views)
-
-    @classmethod
-    def of(cls, nets: list[DWTNet], views: tuple[str, ...], cut_level: int | None = None) -> DWTEnsemble:
-        """An ensemble holding trained networks (same widths) with their weights."""
-        ens = cls(nets[0].widths, views, nets[0].cut_level if cut_level is None else cut_level, nets[0].min_area)
-        for member, net in zip(ens.members, nets, strict=True):
-            member.load_state_dict(net.state_dict())
-        return ens
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_tensor(x, "input", ndim=4, channels=3)
-        total = None
-        for member, view in zip(self.members, self.views, strict=True):
-            maps = member(x) if view == "identity" else DWTNet.transpose_maps(member(x.transpose(-2, -1)))
-            total = maps if total is None else total + maps
-        return total / len(self.members)
 
 
 def _maps(net: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from restore_app.core.archs.dwt_net import ENERGY_LEVELS, DWTEnsemble, DWTNet, DWTNetInt8
+from restore_app.core.archs.dwt_net import ENERGY_LEVELS, DWTNet, DWTNetInt8
 from restore_app.core.checks import check_range
 from restore_app.core.errors import InputError
 from restore_app.core.evaluate import labelled_images
@@ -67,11 +67,6 @@ class SegmentTrainConfig(TrainConfig):
     widths: str = "24,48,96,128"
     bin_scale: float = 1.0
     int8: bool = False  # quantisation-aware training of the int8 network (start it with --init fp32 weights)
-    # export the best weights as the second member of a two-network ensemble whose first member is
-    # these weights (a DWTNet's, or an ensemble's first member); the views are what each member sees
-    # (both the image itself: chosen on validation over the transposed pairings, CARD.md)
-    ensemble_with: str = ""
-    ensemble_views: str = "identity,identity"
 
     @classmethod
     def loss_choices(cls) -> tuple[str, ...]:
@@ -86,18 +81,6 @@ class SegmentTrainConfig(TrainConfig):
         check_range(self.vesicular_prob, 0.0, 1.0, "vesicular_prob")
         if self.int8:
             self.precision = int8_precision(self.precision)
-            if self.ensemble_with:
-                raise InputError("--ensemble-with builds an fp32 ensemble; it cannot be combined with --int8")
-        if self.ensemble_with and not Path(self.ensemble_with).is_file():
-            raise InputError(f"--ensemble-with {self.ensemble_with}: no such weights file")
-        views = self.views
-        if len(views) != 2 or set(views) - {"identity", "transpose"}:
-            raise InputError(f"--ensemble-views {self.ensemble_views!r}: give two of identity and transpose, "
-                             "comma-separated (what the first and the second member see)")
-
-    @property
-    def views(self) -> tuple[str, ...]:
-        return tuple(v.strip() for v in self.ensemble_views.split(","))
 
     @property
     def arch_widths(self) -> list[int]:
@@ -113,16 +96,6 @@ def manifest_fields(cfg: SegmentTrainConfig, cut_level: int = 2) -> dict:
                                                    "three times faster than the fp32 model on CPUs with VNNI or "
                                                    "AMX int8 instructions.",
             "architecture": "dwt_net_int8", "precisions": ["int8"]}
-
-
-def ensemble_manifest_fields(cfg: SegmentTrainConfig, cut_level: int) -> dict:
-    """The manifest of a two-network ensemble (``--ensemble-with``): its two passes are the members',
-    so the engine adds none by default; ``full`` adds the transposed image (4 passes). Both chosen on
-    validation (CARD.md)."""
-    fields = _float_manifest_fields(cfg, cut_level)
-    return {**fields, "architecture": "dwt_ensemble",
-            "params": {**fields["params"], "views": list(cfg.views)},
-            "ensemble": [], "ensemble_full": ["transpose"]}
 
 
 def _float_manifest_fields(cfg: SegmentTrainConfig, cut_level: int) -> dict:
@@ -277,10 +250,8 @@ class SegmentTask:
         return DWTNetInt8(widths=widths) if self.cfg.int8 else DWTNet(widths=widths)
 
     def init_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``--init`` weights: an ensemble's (:class:`DWTEnsemble`) first member; for the int8 network,
-        int8 weights as they are and fp32 ones (batch norms folded) with fresh quantiser ranges, which
-        the first training batches set."""
-        state = first_member(state)
+        """``--init`` weights: for the int8 network, int8 weights as they are and fp32 ones (batch norms
+        folded) with fresh quantiser ranges, which the first training batches set."""
         if not self.cfg.int8 or any(k.startswith("qat.") for k in state):
             return state
         net = self._network()
@@ -335,18 +306,16 @@ class SegmentTask:
             return model(x)[0].float().cpu().numpy()
 
     def validate(self, model: torch.nn.Module, device: torch.device, precision: str) -> dict[str, float]:
-        """AP50 and mAP for each cut level on synthetic scenes and on the whole training tiles (never
-        the held-out tile), each metric the average of the scenes' mean and the tiles' mean; the
-        best cut level is kept for the export. Whole tiles since the seventeenth session (their
-        256-pixel corners before): several times the nuclei, so checkpoints differ by less noise."""
-        groups = [g for g in (self.val_scenes, self.tiles) if g]
-        maps = [[self._predict_maps(model, img, device) for img, _ in group] for group in groups]
+        """AP50 on synthetic scenes and on the training tiles (never the held-out tile) for each cut
+        level; the best cut level is kept for the export."""
+        sets = [(img, lab) for img, lab in self.val_scenes] + [
+            (img[:256, :256], lab[:256, :256]) for img, lab in self.tiles]
+        maps = [self._predict_maps(model, img, device) for img, _ in sets]
         scores = {}
         for cut in (2, 3, 4):
-            res = [[instance_scores(lab, instances_from_maps(m, cut)) for m, (_, lab) in zip(ms, group, strict=True)]
-                   for ms, group in zip(maps, groups, strict=True)]
-            for key in ("ap50", "map"):
-                scores[f"{key}_cut{cut}"] = float(np.mean([np.mean([r[key] for r in rs]) for rs in res]))
+            res = [instance_scores(lab, instances_from_maps(m, cut)) for m, (_, lab) in zip(maps, sets, strict=True)]
+            scores[f"ap50_cut{cut}"] = float(np.mean([r["ap50"] for r in res]))
+            scores[f"map_cut{cut}"] = float(np.mean([r["map"] for r in res]))
         best = max((2, 3, 4), key=lambda c: scores[f"ap50_cut{c}"] + scores[f"map_cut{c}"])
         scores["cut_level"] = float(best)
         scores["score"] = scores[f"ap50_cut{best}"] + scores[f"map_cut{best}"]
@@ -354,42 +323,15 @@ class SegmentTask:
 
     def export(self, run: Path, dest: Path) -> Path:
         """A leave-one-out run becomes ``dest``'s fold for its held-out tile; a run on every tile
-        becomes the model folder ``dest``; either with the cut level its best validation chose. With
-        ``ensemble_with`` the export is the two-network ensemble, its cut level chosen by validating
-        the ensemble on this run's validation set."""
-        from safetensors.torch import load_file
-
-        if not self.cfg.ensemble_with:
-            if self.cfg.holdout:
-                return export_fold(run, dest, self.cfg.holdout)
-            cut = int(best_validation(run)["val"]["cut_level"])
-            return export_model(run / "best.safetensors", dest, {**manifest_fields(self.cfg, cut), "id": dest.name})
-        nets = []
-        for path in (self.cfg.ensemble_with, run / "best.safetensors"):
-            net = DWTNet(widths=tuple(self.cfg.arch_widths))
-            net.load_state_dict(first_member(load_file(str(path))))
-            nets.append(net)
-        ensemble = DWTEnsemble.of(nets, self.cfg.views).eval()
-        cut = int(self.validate(ensemble, torch.device("cpu"), "fp32")["cut_level"])
-        state = ensemble.state_dict()
+        becomes the model folder ``dest``; either with the cut level its best validation chose."""
         if self.cfg.holdout:
-            return export_fold(run, dest, self.cfg.holdout, state=state, cut_level=cut,
-                               members=f"{Path(self.cfg.ensemble_with).name} + {run.name}")
-        return export_model(state, dest, {**ensemble_manifest_fields(self.cfg, cut), "id": dest.name})
+            return export_fold(run, dest, self.cfg.holdout)
+        cut = int(best_validation(run)["val"]["cut_level"])
+        return export_model(run / "best.safetensors", dest, {**manifest_fields(self.cfg, cut), "id": dest.name})
 
 
-def first_member(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A :class:`DWTNet` state from a :class:`DWTEnsemble`'s (its first member) or a DWTNet's own."""
-    prefix = "members.0."
-    if not any(k.startswith("members.") for k in state):
-        return state
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def export_fold(run: Path, model_dir: Path, tile: str, state: dict[str, torch.Tensor] | None = None,
-                cut_level: int | None = None, members: str = "") -> Path:
-    """Write a leave-one-out run's best weights (or ``state``, an ensemble built from them, with its
-    own ``cut_level``) as ``model_dir/folds/<tile>.safetensors``.
+def export_fold(run: Path, model_dir: Path, tile: str) -> Path:
+    """Write a leave-one-out run's best weights as ``model_dir/folds/<tile>.safetensors``.
 
     The cut level chosen on that run's validation (never the held-out tile) is stored in the
     file's metadata, so ``restore bench segment`` scores each fold with its own choice.
@@ -401,11 +343,9 @@ def export_fold(run: Path, model_dir: Path, tile: str, state: dict[str, torch.Te
     record = best_validation(run)
     target = model_dir / "folds" / f"{Path(tile).stem}.safetensors"
     target.parent.mkdir(parents=True, exist_ok=True)
-    state = load_file(str(run / "best.safetensors")) if state is None else state
-    cut = int(record["val"]["cut_level"]) if cut_level is None else int(cut_level)
-    metadata = {"holdout": Path(tile).name, "cut_level": str(cut), "step": str(record["step"])}
-    if members:
-        metadata["members"] = members
+    state = load_file(str(run / "best.safetensors"))
     with atomic_output(target) as tmp:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
+                  metadata={"holdout": Path(tile).name, "cut_level": str(int(record["val"]["cut_level"])),
+                            "step": str(record["step"])})
     return target
