@@ -18,7 +18,7 @@ import json
 import math
 import re
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -220,17 +220,20 @@ def _eval_vsr(restorer: Restorer, data: Path, p: VSRProtocol,
     return items, mp
 
 
-def labelled_images(data: Path, exclude: str = "") -> list[tuple[Path, Path]]:
+def labelled_images(data: Path, exclude: str | Sequence[str] = "") -> list[tuple[Path, Path]]:
     """``(image, label map)`` paths of ``data/images`` and ``data/labels`` (same names), less the
-    image named ``exclude`` (with or without its extension); no images, an ``exclude`` that names
-    none of them, or an image without its label map, is an error."""
+    image(s) named in ``exclude`` (with or without the extension); no images left, an ``exclude``
+    name that names none of them, or an image without its label map, is an error."""
     every = list_images(data / "images")
-    images = [p for p in every if exclude not in (p.name, p.stem)] if exclude else every
-    if exclude and len(images) == len(every):
-        raise InputError(f"{data / 'images'}: no image {exclude!r} to leave out "
-                         f"(there are: {', '.join(p.name for p in every)})")
+    names = [exclude] if isinstance(exclude, str) else list(exclude)
+    names = [n for n in names if n]
+    for name in names:
+        if not any(name in (p.name, p.stem) for p in every):
+            raise InputError(f"{data / 'images'}: no image {name!r} to leave out "
+                             f"(there are: {', '.join(p.name for p in every)})")
+    images = [p for p in every if not any(n in (p.name, p.stem) for n in names)]
     if not images:
-        raise InputError(f"{data / 'images'}: no images")
+        raise InputError(f"{data / 'images'}: no images" + (" left after leaving some out" if names else ""))
     for path in images:
         if not (data / "labels" / path.name).is_file():
             raise InputError(f"{data / 'labels' / path.name}: missing label map for {path.name}")

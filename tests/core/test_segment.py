@@ -157,6 +157,53 @@ def test_leave_one_out_fold_is_exported_with_its_own_cut_level(tmp_path, coffee)
     load_weights(build_module(manifest), fold)  # same architecture, strict keys
 
 
+def test_val_tiles_are_kept_out_of_training_and_validated_on_whole(tmp_path, coffee):
+    """Nested leave-one-out: ``--val-tiles`` takes tiles out of training and validates on them, whole,
+    instead of the training tiles' corners; the exported fold records them."""
+    import shutil
+
+    from restore_app.cli.main import main
+    from restore_app.core.bench import fold_metadata
+    from restore_app.core.io import write_image
+    from restore_app.core.train.segment import SegmentTask, SegmentTrainConfig
+
+    data, textures = _tiles_and_textures(tmp_path, coffee)
+    for sub in ("images", "labels"):
+        shutil.copy(data / sub / "a.png", data / sub / "c.png")
+    b_labels = read_image(data / "labels" / "b.png")[:96, :136]
+    write_image(data / "images" / "b.png", np.ascontiguousarray(coffee[:96, :136]))
+    write_image(data / "labels" / "b.png", b_labels)
+    cfg = SegmentTrainConfig(data=data, textures=(textures,), holdout="a.png", val_tiles="b", patch=64,
+                             widths="8,8,8,8")
+    task = SegmentTask(cfg)
+    assert [lab.shape for _, lab in task.tiles] == [(160, 200)]  # c alone: a is held out, b validates
+    assert len(task.val_tiles) == 1 and np.array_equal(task.val_tiles[0][1], b_labels)
+
+    class Recording(SegmentTask):
+        """Records the sizes of the images it validates on."""
+
+        def _predict_maps(self, model, img, device):
+            self.seen = [*getattr(self, "seen", []), img.shape[:2]]
+            return super()._predict_maps(model, img, device)
+
+    nested = Recording(cfg)
+    assert nested.validate(nested.model, torch.device("cpu"), "fp32")["cut_level"] in (2.0, 3.0, 4.0)
+    assert (96, 136) in nested.seen and (160, 200) not in nested.seen  # the whole val tile, not c's corner
+    plain = Recording(SegmentTrainConfig(data=data, textures=(textures,), holdout="a.png", patch=64, widths="8,8,8,8"))
+    plain.validate(plain.model, torch.device("cpu"), "fp32")
+    assert (96, 136) in plain.seen and (160, 200) in plain.seen  # without val tiles: the training tiles b, c
+
+    with pytest.raises(InputError, match="held-out tile"):
+        SegmentTrainConfig(data=data, holdout="b.png", val_tiles="b")
+    with pytest.raises(InputError, match="no image 'd' to leave out"):
+        SegmentTask(SegmentTrainConfig(data=data, textures=(textures,), holdout="a", val_tiles="d", patch=64))
+    model = tmp_path / "models" / "nested-dwt"
+    assert main(["train", "segment", "--data", str(data), "--textures", str(textures), "--holdout", "a.png",
+                 "--val-tiles", "b.png", "--patch", "64", "--batch", "2", "--widths", "8,8,8,8", "--iterations", "1",
+                 "--val-every", "1", "--out", str(tmp_path / "run"), "--export", str(model), "--threads", "1"]) == 0
+    assert fold_metadata(model / "folds" / "a.safetensors")["val_tiles"] == "b.png"
+
+
 def test_fade_foreground_makes_objects_pale_and_leaves_the_background(coffee):
     from restore_app.core.io import to_float
     from restore_app.core.train.segment import fade_foreground

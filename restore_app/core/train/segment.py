@@ -8,7 +8,10 @@ strong augmentation: rescaling, the 8 flips and rotations, stain jitter in HED c
 objects faded towards their local background (pale nuclei),
 brightness and contrast. ``holdout`` leaves one tile out entirely (leave-one-out evaluation).
 Validation (and the choice of the energy cut level) uses synthetic scenes with a fixed seed and
-the training tiles, never the held-out tile. ``--init`` fine-tunes a trained model on new data.
+the training tiles' 256-pixel corners, never the held-out tile; ``val_tiles`` instead keeps tiles out
+of training and validates on them whole (nested leave-one-out: scores on tiles the network never
+saw, which scores on the training tiles do not predict: see ``models/restore-dwt/CARD.md``).
+``--init`` fine-tunes a trained model on new data.
 ``int8`` trains the network's int8 form (:class:`~restore_app.core.archs.dwt_net.DWTNetInt8`, batch
 norms folded, quantisation-aware training) from ``--init`` fp32 weights (for a leave-one-out run, the
 fp32 fold's); it exports as ``restore-dwt-int8``.
@@ -20,6 +23,7 @@ levels with the low (near-boundary) levels up-weighted; the last two weighted by
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +63,7 @@ class SegmentTrainConfig(TrainConfig):
     data: Path = field(default_factory=lambda: datasets_root() / "nuclei_he")
     textures: tuple[Path, ...] = field(default_factory=lambda: (datasets_root() / "bsds500" / "train",))
     holdout: str = ""  # a tile left out (leave-one-out); "" trains on every tile
+    val_tiles: str = ""  # comma-separated tiles kept out of training, validated on instead of the training tiles
     synthetic_prob: float = 0.5
     fade_prob: float = 0.4  # share of patches whose objects are made pale (fade_foreground)
     vesicular_prob: float = 0.5  # share of synthetic scenes with vesicular (pale, rimmed, clumped) nuclei
@@ -79,8 +84,15 @@ class SegmentTrainConfig(TrainConfig):
         check_range(self.scale_min, 0.1, self.scale_max, "scale_min")
         check_range(self.scale_max, self.scale_min, 10.0, "scale_max")
         check_range(self.vesicular_prob, 0.0, 1.0, "vesicular_prob")
+        if self.holdout and Path(self.holdout).stem in {Path(v).stem for v in self.val_tile_names}:
+            raise InputError(f"--val-tiles {self.val_tiles!r} names the held-out tile {self.holdout!r}: "
+                             "a validation tile must be one the held-out score does not use")
         if self.int8:
             self.precision = int8_precision(self.precision)
+
+    @property
+    def val_tile_names(self) -> list[str]:
+        return [v.strip() for v in self.val_tiles.split(",") if v.strip()]
 
     @property
     def arch_widths(self) -> list[int]:
@@ -99,6 +111,7 @@ def manifest_fields(cfg: SegmentTrainConfig, cut_level: int = 2) -> dict:
 
 
 def _float_manifest_fields(cfg: SegmentTrainConfig, cut_level: int) -> dict:
+    left = [t for t in (cfg.holdout, *cfg.val_tile_names) if t]
     return {
         "id": "restore-dwt", "task": "segment", "name": "Deep Watershed Transform (nuclei)",
         "description": "Separates and counts touching nuclei and similar objects: label map, overlay, count "
@@ -109,15 +122,20 @@ def _float_manifest_fields(cfg: SegmentTrainConfig, cut_level: int) -> dict:
         "ensemble": ["transpose"],
         "ensemble_full": list(ENSEMBLE_TRANSFORMS),
         "precisions": ["fp32", "bf16"], "license": "MIT",
-        "training_data": f"{cfg.data.name} tiles{' except ' + cfg.holdout if cfg.holdout else ''} and synthetic "
+        "training_data": f"{cfg.data.name} tiles{' except ' + ', '.join(left) if left else ''} and synthetic "
                          "scenes textured with BSDS500 train patches",
     }
 
 
-def load_tiles(folder: Path, exclude: str = "") -> list[tuple[np.ndarray, np.ndarray]]:
-    """``(image float RGB, labels int)`` pairs from ``folder/images`` and ``folder/labels``."""
+def load_tiles(folder: Path, exclude: str | Sequence[str] = "",
+               only: Sequence[str] = ()) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(image float RGB, labels int)`` pairs from ``folder/images`` and ``folder/labels``, less
+    ``exclude`` or, given ``only``, just the tiles it names (names with or without the extension)."""
+    pairs = labelled_images(folder, exclude)
+    if only:
+        pairs = [(path, lab) for path, lab in pairs if any(n in (path.name, path.stem) for n in only)]
     return [(to_float(to_rgb(read_image(path))), read_image(lab_path).astype(np.int64))
-            for path, lab_path in labelled_images(folder, exclude)]
+            for path, lab_path in pairs]
 
 
 def stain_jitter(rgb: np.ndarray, rng: np.random.Generator, strength: float = 0.25) -> np.ndarray:
@@ -232,7 +250,8 @@ def _vesicular(rho: np.ndarray, background: np.ndarray, dark: np.ndarray, t_fg: 
 class SegmentTask:
     def __init__(self, cfg: SegmentTrainConfig) -> None:
         self.cfg = cfg
-        self.tiles = load_tiles(cfg.data, exclude=cfg.holdout)
+        self.tiles = load_tiles(cfg.data, exclude=[cfg.holdout, *cfg.val_tile_names])
+        self.val_tiles = load_tiles(cfg.data, only=cfg.val_tile_names) if cfg.val_tile_names else []
         self.textures = []
         if cfg.synthetic_prob > 0:  # without synthetic scenes (a user's own tiles only) no textures are needed
             self.textures = [im for im in load_images(image_files(cfg.textures)[:60])
@@ -306,10 +325,11 @@ class SegmentTask:
             return model(x)[0].float().cpu().numpy()
 
     def validate(self, model: torch.nn.Module, device: torch.device, precision: str) -> dict[str, float]:
-        """AP50 on synthetic scenes and on the training tiles (never the held-out tile) for each cut
-        level; the best cut level is kept for the export."""
-        sets = [(img, lab) for img, lab in self.val_scenes] + [
-            (img[:256, :256], lab[:256, :256]) for img, lab in self.tiles]
+        """AP50 on synthetic scenes and on the training tiles' corners (never the held-out tile), or
+        on the whole ``val_tiles`` where given, for each cut level; the best cut level is kept for
+        the export."""
+        tiles = self.val_tiles or [(img[:256, :256], lab[:256, :256]) for img, lab in self.tiles]
+        sets = [(img, lab) for img, lab in self.val_scenes] + tiles
         maps = [self._predict_maps(model, img, device) for img, _ in sets]
         scores = {}
         for cut in (2, 3, 4):
@@ -325,16 +345,17 @@ class SegmentTask:
         """A leave-one-out run becomes ``dest``'s fold for its held-out tile; a run on every tile
         becomes the model folder ``dest``; either with the cut level its best validation chose."""
         if self.cfg.holdout:
-            return export_fold(run, dest, self.cfg.holdout)
+            return export_fold(run, dest, self.cfg.holdout, val_tiles=",".join(self.cfg.val_tile_names))
         cut = int(best_validation(run)["val"]["cut_level"])
         return export_model(run / "best.safetensors", dest, {**manifest_fields(self.cfg, cut), "id": dest.name})
 
 
-def export_fold(run: Path, model_dir: Path, tile: str) -> Path:
+def export_fold(run: Path, model_dir: Path, tile: str, val_tiles: str = "") -> Path:
     """Write a leave-one-out run's best weights as ``model_dir/folds/<tile>.safetensors``.
 
     The cut level chosen on that run's validation (never the held-out tile) is stored in the
-    file's metadata, so ``restore bench segment`` scores each fold with its own choice.
+    file's metadata, so ``restore bench segment`` scores each fold with its own choice, with the
+    tiles it was validated on when they were kept out of its training (``val_tiles``).
     """
     from safetensors.torch import load_file, save_file
 
@@ -344,8 +365,10 @@ def export_fold(run: Path, model_dir: Path, tile: str) -> Path:
     target = model_dir / "folds" / f"{Path(tile).stem}.safetensors"
     target.parent.mkdir(parents=True, exist_ok=True)
     state = load_file(str(run / "best.safetensors"))
+    metadata = {"holdout": Path(tile).name, "cut_level": str(int(record["val"]["cut_level"])),
+                "step": str(record["step"])}
+    if val_tiles:
+        metadata["val_tiles"] = val_tiles
     with atomic_output(target) as tmp:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
-                  metadata={"holdout": Path(tile).name, "cut_level": str(int(record["val"]["cut_level"])),
-                            "step": str(record["step"])})
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
     return target
