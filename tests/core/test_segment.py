@@ -158,8 +158,9 @@ def test_leave_one_out_fold_is_exported_with_its_own_cut_level(tmp_path, coffee)
 
 
 def test_val_tiles_are_kept_out_of_training_and_validated_on_whole(tmp_path, coffee):
-    """Nested leave-one-out: ``--val-tiles`` takes tiles out of training and validates on them, whole,
-    instead of the training tiles' corners; the exported fold records them."""
+    """Nested leave-one-out: ``--val-tiles`` takes tiles out of training and validates on them alone,
+    whole, instead of the synthetic scenes and the training tiles' corners; the exported fold records
+    them."""
     import shutil
 
     from restore_app.cli.main import main
@@ -188,7 +189,7 @@ def test_val_tiles_are_kept_out_of_training_and_validated_on_whole(tmp_path, cof
 
     nested = Recording(cfg)
     assert nested.validate(nested.model, torch.device("cpu"), "fp32")["cut_level"] in (2.0, 3.0, 4.0)
-    assert (96, 136) in nested.seen and (160, 200) not in nested.seen  # the whole val tile, not c's corner
+    assert nested.seen == [(96, 136)]  # the whole val tile alone: no synthetic scene, not c's corner
     plain = Recording(SegmentTrainConfig(data=data, textures=(textures,), holdout="a.png", patch=64, widths="8,8,8,8"))
     plain.validate(plain.model, torch.device("cpu"), "fp32")
     assert (96, 136) in plain.seen and (160, 200) in plain.seen  # without val tiles: the training tiles b, c

@@ -9,8 +9,8 @@ objects faded towards their local background (pale nuclei),
 brightness and contrast. ``holdout`` leaves one tile out entirely (leave-one-out evaluation).
 Validation (and the choice of the energy cut level) uses synthetic scenes with a fixed seed and
 the training tiles' 256-pixel corners, never the held-out tile; ``val_tiles`` instead keeps tiles out
-of training and validates on them whole (nested leave-one-out: scores on tiles the network never
-saw, which scores on the training tiles do not predict: see ``models/restore-dwt/CARD.md``).
+of training and validates on them alone, whole (nested leave-one-out: scores on tiles the network
+never saw, which scores on the training tiles do not predict: see ``models/restore-dwt/CARD.md``).
 ``--init`` fine-tunes a trained model on new data.
 ``int8`` trains the network's int8 form (:class:`~restore_app.core.archs.dwt_net.DWTNetInt8`, batch
 norms folded, quantisation-aware training) from ``--init`` fp32 weights (for a leave-one-out run, the
@@ -325,11 +325,11 @@ class SegmentTask:
             return model(x)[0].float().cpu().numpy()
 
     def validate(self, model: torch.nn.Module, device: torch.device, precision: str) -> dict[str, float]:
-        """AP50 on synthetic scenes and on the training tiles' corners (never the held-out tile), or
-        on the whole ``val_tiles`` where given, for each cut level; the best cut level is kept for
-        the export."""
-        tiles = self.val_tiles or [(img[:256, :256], lab[:256, :256]) for img, lab in self.tiles]
-        sets = [(img, lab) for img, lab in self.val_scenes] + tiles
+        """AP50 and mAP for each cut level on synthetic scenes and the training tiles' corners (never
+        the held-out tile) or, where given, on the whole ``val_tiles`` alone (tiles the network never
+        saw: the synthetic scenes would outnumber them); the best cut level is kept for the export."""
+        sets = self.val_tiles or [(img, lab) for img, lab in self.val_scenes] + [
+            (img[:256, :256], lab[:256, :256]) for img, lab in self.tiles]
         maps = [self._predict_maps(model, img, device) for img, _ in sets]
         scores = {}
         for cut in (2, 3, 4):
