@@ -220,6 +220,11 @@ def _eval_vsr(restorer: Restorer, data: Path, p: VSRProtocol,
     return items, mp
 
 
+def image_named(path: Path, name: str) -> bool:
+    """Whether ``name`` names the image at ``path``, with or without its extension."""
+    return name in (path.name, path.stem)
+
+
 def labelled_images(data: Path, exclude: str | Sequence[str] = "") -> list[tuple[Path, Path]]:
     """``(image, label map)`` paths of ``data/images`` and ``data/labels`` (same names), less the
     image(s) named in ``exclude`` (with or without the extension); no images left, an ``exclude``
@@ -228,10 +233,10 @@ def labelled_images(data: Path, exclude: str | Sequence[str] = "") -> list[tuple
     names = [exclude] if isinstance(exclude, str) else list(exclude)
     names = [n for n in names if n]
     for name in names:
-        if not any(name in (p.name, p.stem) for p in every):
+        if not any(image_named(p, name) for p in every):
             raise InputError(f"{data / 'images'}: no image {name!r} to leave out "
                              f"(there are: {', '.join(p.name for p in every)})")
-    images = [p for p in every if not any(n in (p.name, p.stem) for n in names)]
+    images = [p for p in every if not any(image_named(p, n) for n in names)]
     if not images:
         raise InputError(f"{data / 'images'}: no images" + (" left after leaving some out" if names else ""))
     for path in images:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from restore_app.core.archs.dwt_net import ENERGY_LEVELS, DWTNet, DWTNetInt8
 from restore_app.core.checks import check_range
 from restore_app.core.errors import InputError
-from restore_app.core.evaluate import labelled_images
+from restore_app.core.evaluate import image_named, labelled_images
 from restore_app.core.io import read_image, to_float, to_rgb
 from restore_app.core.metrics import instance_scores
 from restore_app.core.paths import datasets_root
@@ -133,7 +133,7 @@ def load_tiles(folder: Path, exclude: str | Sequence[str] = "",
     ``exclude`` or, given ``only``, just the tiles it names (names with or without the extension)."""
     pairs = labelled_images(folder, exclude)
     if only:
-        pairs = [(path, lab) for path, lab in pairs if any(n in (path.name, path.stem) for n in only)]
+        pairs = [(path, lab) for path, lab in pairs if any(image_named(path, n) for n in only)]
     return [(to_float(to_rgb(read_image(path))), read_image(lab_path).astype(np.int64))
             for path, lab_path in pairs]
 
