@@ -130,6 +130,14 @@ def test_training_batches(tmp_path, coffee):
     assert torch.isfinite(loss) and loss > 0
     scores = task.validate(task.model, torch.device("cpu"), "fp32")
     assert scores["cut_level"] in (2.0, 3.0, 4.0) and "score" in scores
+    assert not task.donors  # copy-paste is off by default
+    pasted = SegmentTask(SegmentTrainConfig(data=data, textures=(textures,), holdout="b.png", patch=64,
+                                            widths="8,8,8,8", copy_paste_prob=1.0, synthetic_prob=0.0))
+    assert len(pasted.donors) == 3  # the training tile's three objects, never the held-out tile's
+    x, y = pasted.batch(np.random.default_rng(0), 4)
+    assert torch.isfinite(pasted.loss(pasted.model(x), y))
+    with pytest.raises(InputError, match="copy_paste_prob"):
+        SegmentTrainConfig(data=data, textures=(textures,), copy_paste_prob=1.5)
 
 
 def test_leave_one_out_fold_is_exported_with_its_own_cut_level(tmp_path, coffee):
@@ -155,6 +163,23 @@ def test_leave_one_out_fold_is_exported_with_its_own_cut_level(tmp_path, coffee)
     manifest = read_manifest(model)
     assert fold_weights(manifest, "b.png") == fold
     load_weights(build_module(manifest), fold)  # same architecture, strict keys
+    # --cut-level fixes the cut instead of validation's choice: exporting the finished runs again with it
+    # (the run resumes at its last step and trains no further) rewrites the fold and the manifest
+    before = (run / "last.safetensors").read_bytes()
+    for cut in (3, 4):
+        assert main(["train", "segment", "--data", str(data), "--textures", str(textures), "--holdout", "b.png",
+                     "--patch", "64", "--batch", "2", "--widths", "8,8,8,8", "--iterations", "2", "--val-every", "2",
+                     "--out", str(run), "--export", str(model), "--threads", "1", "--cut-level", str(cut)]) == 0
+        assert int(fold_metadata(fold)["cut_level"]) == cut
+    assert (run / "last.safetensors").read_bytes() == before
+    assert main(["train", "segment", "--data", str(data), "--textures", str(textures), "--patch", "64",
+                 "--batch", "2", "--widths", "8,8,8,8", "--iterations", "1", "--val-every", "1",
+                 "--out", str(tmp_path / "full"), "--export", str(model), "--threads", "1", "--cut-level", "4"]) == 0
+    assert read_manifest(model).params["cut_level"] == 4
+    from restore_app.core.train.segment import SegmentTrainConfig
+
+    with pytest.raises(InputError, match="cut_level 5"):
+        SegmentTrainConfig(data=data, textures=(textures,), cut_level=5)
 
 
 def test_val_tiles_are_kept_out_of_training_and_validated_on_whole(tmp_path, coffee):
@@ -219,6 +244,37 @@ def test_fade_foreground_makes_objects_pale_and_leaves_the_background(coffee):
     contrast = lambda im: abs(im[bg].mean() - im[fg].mean())  # noqa: E731
     assert contrast(out) < 0.7 * contrast(img)
     assert np.corrcoef(out[fg][:, 1], img[fg][:, 1])[0, 1] > 0.5  # texture kept (under a varying background)
+
+
+def test_copy_paste_adds_real_objects_with_their_own_labels_and_keeps_the_rest(coffee):
+    from restore_app.core.io import to_float
+    from restore_app.core.train.segment import copy_paste, donor_objects
+
+    labels = np.zeros((160, 200), np.int64)
+    labels[40:120, 40:160] = _touching_discs()
+    labels[0:10, 0:10] = 4  # cut by the tile's border: not a donor
+    img = to_float(coffee[:160, :200]).astype(np.float32)
+    img[labels > 0] *= 0.3
+    donors = donor_objects([(img, labels)])
+    assert len(donors) == 3 and all(m.dtype == bool and m.any() for _, m in donors)
+    assert {int(m.sum()) for _, m in donors} == {int((labels == i).sum()) for i in (1, 2, 3)}
+
+    patch, patch_labels = img[:96, 100:196].copy(), labels[:96, 100:196].copy()
+    out, out_labels = copy_paste(patch, patch_labels, donors, np.random.default_rng(2), count=(6, 7),
+                                 fade_prob=0.0, blur_prob=0.0)
+    assert out.shape == patch.shape and out.dtype == np.float32 and out_labels.shape == patch_labels.shape
+    assert np.array_equal(patch, img[:96, 100:196])  # the inputs are not modified
+    new = out_labels > patch_labels.max()
+    assert 1 <= len(np.unique(out_labels[new])) <= 6 and new.sum() >= 100
+    assert out[new].mean() < 0.6 * out[out_labels == 0].mean()  # dark pasted objects on their pixels
+    untouched = ~new & (out_labels == 0)
+    assert np.abs(out[untouched] - patch[untouched]).max() < 0.5  # only a feathered rim changes elsewhere
+    ids, counts = np.unique(out_labels[out_labels > 0], return_counts=True)
+    assert counts.min() >= 12  # covered slivers dropped
+    faded, faded_labels = copy_paste(patch, patch_labels, donors, np.random.default_rng(2), count=(6, 7),
+                                     fade_prob=1.0, blur_prob=0.0)
+    assert faded[faded_labels > patch_labels.max()].mean() > out[new].mean() + 0.05  # fading makes them paler
+    assert copy_paste(patch, patch_labels, [], np.random.default_rng(0))[0] is patch  # no donors: as it was
 
 
 def test_vesicular_scenes_have_pale_interiors_with_dark_rims(coffee):

@@ -66,11 +66,13 @@ class SegmentTrainConfig(TrainConfig):
     val_tiles: str = ""  # comma-separated tiles kept out of training, validated on instead of the training tiles
     synthetic_prob: float = 0.5
     fade_prob: float = 0.4  # share of patches whose objects are made pale (fade_foreground)
+    copy_paste_prob: float = 0.0  # share of labelled-tile patches given extra nuclei cut from the tiles (copy_paste)
     vesicular_prob: float = 0.5  # share of synthetic scenes with vesicular (pale, rimmed, clumped) nuclei
     scale_min: float = 0.6  # rescaling of the labelled tiles: the five tiles' nuclei differ 2× in size
     scale_max: float = 1.6
     widths: str = "24,48,96,128"
     bin_scale: float = 1.0
+    cut_level: int = 0  # the energy cut level: 0 chooses it on validation among 2, 3 and 4; else fixed
     int8: bool = False  # quantisation-aware training of the int8 network (start it with --init fp32 weights)
 
     @classmethod
@@ -84,6 +86,9 @@ class SegmentTrainConfig(TrainConfig):
         check_range(self.scale_min, 0.1, self.scale_max, "scale_min")
         check_range(self.scale_max, self.scale_min, 10.0, "scale_max")
         check_range(self.vesicular_prob, 0.0, 1.0, "vesicular_prob")
+        check_range(self.copy_paste_prob, 0.0, 1.0, "copy_paste_prob")
+        if self.cut_level not in (0, 2, 3, 4):
+            raise InputError(f"cut_level {self.cut_level}: 0 (chosen on validation), 2, 3 or 4")
         if self.holdout and Path(self.holdout).stem in {Path(v).stem for v in self.val_tile_names}:
             raise InputError(f"--val-tiles {self.val_tiles!r} names the held-out tile {self.holdout!r}: "
                              "a validation tile must be one the held-out score does not use")
@@ -171,6 +176,74 @@ def fade_foreground(rgb: np.ndarray, labels: np.ndarray, rng: np.random.Generato
     return (rgb + amount * (local - rgb)).astype(np.float32)
 
 
+def donor_objects(tiles: Sequence[tuple[np.ndarray, np.ndarray]], min_area: int = 20,
+                  margin: int = 3) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The labelled objects of ``tiles`` as ``(rgb crop, mask crop)`` pairs with ``margin`` pixels
+    around each, for :func:`copy_paste`; objects cut by a tile's border or under ``min_area`` pixels
+    are left out (their outline is not the object's)."""
+    from scipy import ndimage as ndi
+
+    out = []
+    for img, lab in tiles:
+        h, w = lab.shape
+        for obj, box in enumerate(ndi.find_objects(lab), start=1):
+            if box is None or box[0].start == 0 or box[1].start == 0 or box[0].stop == h or box[1].stop == w:
+                continue
+            y0, y1 = max(0, box[0].start - margin), min(h, box[0].stop + margin)
+            x0, x1 = max(0, box[1].start - margin), min(w, box[1].stop + margin)
+            mask = lab[y0:y1, x0:x1] == obj
+            if mask.sum() >= min_area:
+                out.append((img[y0:y1, x0:x1].copy(), mask))
+    return out
+
+
+def copy_paste(rgb: np.ndarray, labels: np.ndarray, donors: Sequence[tuple[np.ndarray, np.ndarray]],
+               rng: np.random.Generator, scale: float = 1.0, count: tuple[int, int] = (2, 9),
+               fade_prob: float = 0.3, blur_prob: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """Simple copy-paste (Ghiasi et al., CVPR 2021) for nuclei: real labelled nuclei from ``donors``
+    pasted at random places of a patch, over its own objects where they land (new touching and
+    overlapping configurations with real texture and real outlines). Each pasted nucleus is rescaled
+    by ``scale`` (the patch's own rescaling) times 0.8–1.25, and may be faded towards the patch's
+    background colour (pale nuclei) or blurred (out of focus). Returns the new ``(rgb, labels)``;
+    instances the pastes cover down to under 12 pixels are dropped."""
+    if not donors:
+        return rgb, labels
+    rgb, labels = rgb.copy(), labels.copy()
+    h, w = labels.shape
+    bg = labels == 0
+    bg_colour = rgb[bg].mean(axis=0) if bg.any() else rgb.reshape(-1, 3).mean(axis=0)
+    next_id = int(labels.max()) + 1
+    for _ in range(int(rng.integers(*count))):
+        src, mask = donors[rng.integers(len(donors))]
+        k = int(rng.integers(8))
+        src, mask = dihedral(src, k), dihedral(mask, k)
+        f = scale * float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
+        size = (max(3, round(src.shape[1] * f)), max(3, round(src.shape[0] * f)))
+        src = cv2.resize(np.ascontiguousarray(src), size, interpolation=cv2.INTER_LINEAR)
+        alpha = cv2.resize(np.ascontiguousarray(mask, dtype=np.float32), size, interpolation=cv2.INTER_LINEAR)
+        if rng.random() < blur_prob:  # out of focus: the nucleus and its outline soften together
+            sigma = rng.uniform(0.6, 1.6)
+            src = cv2.GaussianBlur(src, (0, 0), sigma)
+            alpha = cv2.GaussianBlur(alpha, (0, 0), sigma)
+        if rng.random() < fade_prob:
+            src = src + rng.uniform(0.2, 0.7) * (bg_colour - src)
+        hard = alpha >= 0.5
+        if hard.sum() < 8:
+            continue
+        oy, ox = int(rng.integers(-size[1] // 2, h - size[1] // 2)), int(rng.integers(-size[0] // 2, w - size[0] // 2))
+        sy, sx = slice(max(0, -oy), min(size[1], h - oy)), slice(max(0, -ox), min(size[0], w - ox))
+        dy, dx = slice(max(0, oy), min(h, oy + size[1])), slice(max(0, ox), min(w, ox + size[0]))
+        a = np.clip(alpha[sy, sx], 0, 1)[..., None]
+        rgb[dy, dx] = (1 - a) * rgb[dy, dx] + a * src[sy, sx]
+        labels[dy, dx][hard[sy, sx]] = next_id
+        next_id += 1
+    ids, counts = np.unique(labels, return_counts=True)
+    keep = np.zeros(int(labels.max()) + 1, bool)
+    keep[ids[(ids > 0) & (counts >= 12)]] = True
+    labels = np.where(keep[labels], labels, 0)
+    return rgb.astype(np.float32), labels
+
+
 def synthetic_scene(size: int, textures: list[np.ndarray], rng: np.random.Generator,
                     vesicular: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Touching and overlapping textured blobs on a textured background: ``(rgb, labels)``.
@@ -252,6 +325,7 @@ class SegmentTask:
         self.cfg = cfg
         self.tiles = load_tiles(cfg.data, exclude=[cfg.holdout, *cfg.val_tile_names])
         self.val_tiles = load_tiles(cfg.data, only=cfg.val_tile_names) if cfg.val_tile_names else []
+        self.donors = donor_objects(self.tiles) if cfg.copy_paste_prob > 0 else []
         self.textures = []
         if cfg.synthetic_prob > 0:  # without synthetic scenes (a user's own tiles only) no textures are needed
             self.textures = [im for im in load_images(image_files(cfg.textures)[:60])
@@ -287,6 +361,8 @@ class SegmentTask:
         crop_i, crop_l = img[y:y + src, x:x + src], lab[y:y + src, x:x + src]
         crop_i = cv2.resize(crop_i, (p, p), interpolation=cv2.INTER_LINEAR)
         crop_l = cv2.resize(crop_l.astype(np.int32), (p, p), interpolation=cv2.INTER_NEAREST).astype(np.int64)
+        if self.donors and rng.random() < self.cfg.copy_paste_prob:
+            crop_i, crop_l = copy_paste(crop_i, crop_l, self.donors, rng, scale=p / src)
         return crop_i, crop_l
 
     def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -336,26 +412,29 @@ class SegmentTask:
             res = [instance_scores(lab, instances_from_maps(m, cut)) for m, (_, lab) in zip(maps, sets, strict=True)]
             scores[f"ap50_cut{cut}"] = float(np.mean([r["ap50"] for r in res]))
             scores[f"map_cut{cut}"] = float(np.mean([r["map"] for r in res]))
-        best = max((2, 3, 4), key=lambda c: scores[f"ap50_cut{c}"] + scores[f"map_cut{c}"])
+        best = self.cfg.cut_level or max((2, 3, 4), key=lambda c: scores[f"ap50_cut{c}"] + scores[f"map_cut{c}"])
         scores["cut_level"] = float(best)
         scores["score"] = scores[f"ap50_cut{best}"] + scores[f"map_cut{best}"]
         return scores
 
     def export(self, run: Path, dest: Path) -> Path:
         """A leave-one-out run becomes ``dest``'s fold for its held-out tile; a run on every tile
-        becomes the model folder ``dest``; either with the cut level its best validation chose."""
+        becomes the model folder ``dest``; either with the cut level its best validation chose, or the
+        one ``cut_level`` fixes."""
         if self.cfg.holdout:
-            return export_fold(run, dest, self.cfg.holdout, val_tiles=",".join(self.cfg.val_tile_names))
-        cut = int(best_validation(run)["val"]["cut_level"])
+            return export_fold(run, dest, self.cfg.holdout, val_tiles=",".join(self.cfg.val_tile_names),
+                               cut_level=self.cfg.cut_level or None)
+        cut = self.cfg.cut_level or int(best_validation(run)["val"]["cut_level"])
         return export_model(run / "best.safetensors", dest, {**manifest_fields(self.cfg, cut), "id": dest.name})
 
 
-def export_fold(run: Path, model_dir: Path, tile: str, val_tiles: str = "") -> Path:
+def export_fold(run: Path, model_dir: Path, tile: str, val_tiles: str = "", cut_level: int | None = None) -> Path:
     """Write a leave-one-out run's best weights as ``model_dir/folds/<tile>.safetensors``.
 
     The cut level chosen on that run's validation (never the held-out tile) is stored in the
     file's metadata, so ``restore bench segment`` scores each fold with its own choice, with the
-    tiles it was validated on when they were kept out of its training (``val_tiles``).
+    tiles it was validated on when they were kept out of its training (``val_tiles``); a given
+    ``cut_level`` is stored instead.
     """
     from safetensors.torch import load_file, save_file
 
@@ -365,7 +444,8 @@ def export_fold(run: Path, model_dir: Path, tile: str, val_tiles: str = "") -> P
     target = model_dir / "folds" / f"{Path(tile).stem}.safetensors"
     target.parent.mkdir(parents=True, exist_ok=True)
     state = load_file(str(run / "best.safetensors"))
-    metadata = {"holdout": Path(tile).name, "cut_level": str(int(record["val"]["cut_level"])),
+    cut = cut_level if cut_level is not None else int(record["val"]["cut_level"])
+    metadata = {"holdout": Path(tile).name, "cut_level": str(int(cut)),
                 "step": str(record["step"])}
     if val_tiles:
         metadata["val_tiles"] = val_tiles
