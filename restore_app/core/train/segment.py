@@ -11,7 +11,9 @@ Validation (and the choice of the energy cut level) uses synthetic scenes with a
 the training tiles' 256-pixel corners, never the held-out tile; ``val_tiles`` instead keeps tiles out
 of training and validates on them alone, whole (nested leave-one-out: scores on tiles the network
 never saw, which scores on the training tiles do not predict: see ``models/restore-dwt/CARD.md``).
-``--init`` fine-tunes a trained model on new data.
+``--init`` fine-tunes a trained model on new data. ``copy_paste_prob`` pastes real nuclei cut from the
+training tiles into their patches (:func:`copy_paste`; off by default: on ``nuclei_he`` it did not help,
+see ``models/restore-dwt/CARD.md``); ``cut_level`` fixes the energy cut level instead of validation's choice.
 ``int8`` trains the network's int8 form (:class:`~restore_app.core.archs.dwt_net.DWTNetInt8`, batch
 norms folded, quantisation-aware training) from ``--init`` fp32 weights (for a leave-one-out run, the
 fp32 fold's); it exports as ``restore-dwt-int8``.
