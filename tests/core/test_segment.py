@@ -144,6 +144,7 @@ def test_leave_one_out_fold_is_exported_with_its_own_cut_level(tmp_path, coffee)
     from restore_app.cli.main import main
     from restore_app.core.bench import fold_metadata, fold_weights
     from restore_app.core.registry import build_module, load_weights, read_manifest
+    from restore_app.core.train.segment import SegmentTrainConfig
 
     data, textures = _tiles_and_textures(tmp_path, coffee)
     model = tmp_path / "models" / "tiny-dwt"
@@ -176,8 +177,6 @@ def test_leave_one_out_fold_is_exported_with_its_own_cut_level(tmp_path, coffee)
                  "--batch", "2", "--widths", "8,8,8,8", "--iterations", "1", "--val-every", "1",
                  "--out", str(tmp_path / "full"), "--export", str(model), "--threads", "1", "--cut-level", "4"]) == 0
     assert read_manifest(model).params["cut_level"] == 4
-    from restore_app.core.train.segment import SegmentTrainConfig
-
     with pytest.raises(InputError, match="cut_level 5"):
         SegmentTrainConfig(data=data, textures=(textures,), cut_level=5)
 

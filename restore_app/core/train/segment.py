@@ -178,6 +178,14 @@ def fade_foreground(rgb: np.ndarray, labels: np.ndarray, rng: np.random.Generato
     return (rgb + amount * (local - rgb)).astype(np.float32)
 
 
+def drop_slivers(labels: np.ndarray, min_pixels: int = 12) -> np.ndarray:
+    """``labels`` less the instances under ``min_pixels`` pixels (what occluding objects leave of
+    the ones beneath them)."""
+    keep = np.bincount(labels.ravel()) >= min_pixels
+    keep[0] = False
+    return np.where(keep[labels], labels, 0)
+
+
 def donor_objects(tiles: Sequence[tuple[np.ndarray, np.ndarray]], min_area: int = 20,
                   margin: int = 3) -> list[tuple[np.ndarray, np.ndarray]]:
     """The labelled objects of ``tiles`` as ``(rgb crop, mask crop)`` pairs with ``margin`` pixels
@@ -239,11 +247,7 @@ def copy_paste(rgb: np.ndarray, labels: np.ndarray, donors: Sequence[tuple[np.nd
         rgb[dy, dx] = (1 - a) * rgb[dy, dx] + a * src[sy, sx]
         labels[dy, dx][hard[sy, sx]] = next_id
         next_id += 1
-    ids, counts = np.unique(labels, return_counts=True)
-    keep = np.zeros(int(labels.max()) + 1, bool)
-    keep[ids[(ids > 0) & (counts >= 12)]] = True
-    labels = np.where(keep[labels], labels, 0)
-    return rgb.astype(np.float32), labels
+    return rgb.astype(np.float32), drop_slivers(labels)
 
 
 def synthetic_scene(size: int, textures: list[np.ndarray], rng: np.random.Generator,
@@ -290,11 +294,7 @@ def synthetic_scene(size: int, textures: list[np.ndarray], rng: np.random.Genera
         else:
             img[mask] = (nucleus * shade * (0.7 + 0.6 * t_fg[..., None]))[mask]
     # drop slivers left by occlusion, renumber
-    ids, counts = np.unique(labels, return_counts=True)
-    keep = np.zeros(labels.max() + 1, bool)
-    keep[ids[(ids > 0) & (counts >= 12)]] = True
-    labels = np.where(keep[labels], labels, 0)
-    _, labels = np.unique(labels, return_inverse=True)
+    _, labels = np.unique(drop_slivers(labels), return_inverse=True)
     labels = labels.reshape(size, size)
     sigma = rng.uniform(0, 1.2)
     if sigma > 0.2:
@@ -425,17 +425,17 @@ class SegmentTask:
         one ``cut_level`` fixes."""
         if self.cfg.holdout:
             return export_fold(run, dest, self.cfg.holdout, val_tiles=",".join(self.cfg.val_tile_names),
-                               cut_level=self.cfg.cut_level or None)
+                               cut_level=self.cfg.cut_level)
         cut = self.cfg.cut_level or int(best_validation(run)["val"]["cut_level"])
         return export_model(run / "best.safetensors", dest, {**manifest_fields(self.cfg, cut), "id": dest.name})
 
 
-def export_fold(run: Path, model_dir: Path, tile: str, val_tiles: str = "", cut_level: int | None = None) -> Path:
+def export_fold(run: Path, model_dir: Path, tile: str, val_tiles: str = "", cut_level: int = 0) -> Path:
     """Write a leave-one-out run's best weights as ``model_dir/folds/<tile>.safetensors``.
 
     The cut level chosen on that run's validation (never the held-out tile) is stored in the
     file's metadata, so ``restore bench segment`` scores each fold with its own choice, with the
-    tiles it was validated on when they were kept out of its training (``val_tiles``); a given
+    tiles it was validated on when they were kept out of its training (``val_tiles``); a nonzero
     ``cut_level`` is stored instead.
     """
     from safetensors.torch import load_file, save_file
@@ -446,8 +446,7 @@ def export_fold(run: Path, model_dir: Path, tile: str, val_tiles: str = "", cut_
     target = model_dir / "folds" / f"{Path(tile).stem}.safetensors"
     target.parent.mkdir(parents=True, exist_ok=True)
     state = load_file(str(run / "best.safetensors"))
-    cut = cut_level if cut_level is not None else int(record["val"]["cut_level"])
-    metadata = {"holdout": Path(tile).name, "cut_level": str(int(cut)),
+    metadata = {"holdout": Path(tile).name, "cut_level": str(cut_level or int(record["val"]["cut_level"])),
                 "step": str(record["step"])}
     if val_tiles:
         metadata["val_tiles"] = val_tiles
