@@ -459,3 +459,43 @@ def test_int8_dwt_trains_from_a_float_fold_and_exports_a_loadable_fold(tmp_path,
     with torch.inference_mode():
         assert torch.equal(module(x), trained.eval()(x))
     assert fold_weights(manifest, "b.png") == fold
+
+
+def test_distillation_learns_the_init_weights_self_ensemble(tmp_path, coffee):
+    from safetensors.torch import save_file
+
+    from restore_app.core.train.segment import SegmentTask, SegmentTrainConfig, distill_loss, distill_targets, dwt_loss
+
+    data, textures = _tiles_and_textures(tmp_path, coffee)
+    with pytest.raises(InputError, match="give --init"):
+        SegmentTrainConfig(data=data, textures=(textures,), widths="8,8,8,8", distill=True)
+    teacher = DWTNet(widths=(8, 8, 8, 8)).eval()
+    torch.manual_seed(0)
+    for p in teacher.parameters():
+        p.data.normal_(0, 0.3)  # asymmetric filters: each symmetry sees the image differently
+    init = tmp_path / "init.safetensors"
+    save_file(teacher.state_dict(), str(init))
+    with pytest.raises(InputError, match="--distill needs float DWT weights of widths 8,8,8,16"):
+        SegmentTask(SegmentTrainConfig(data=data, textures=(textures,), widths="8,8,8,16", distill=True, init=init))
+    cpu = torch.device("cpu")
+    x = torch.rand(2, 3, 32, 32)
+    maps = distill_targets(teacher, cpu, "fp32", x)
+    # the average over all 8 symmetries is equivariant: the maps of a transformed image are the maps
+    # transformed (directions included), which no single pass of these filters is
+    assert torch.allclose(distill_targets(teacher, cpu, "fp32", x.transpose(-2, -1)), teacher.transpose_maps(maps),
+                          atol=1e-5)
+    assert torch.allclose(distill_targets(teacher, cpu, "fp32", x.flip(-1)), teacher.flip_maps(maps, [-1]), atol=1e-5)
+    with torch.inference_mode():
+        single = teacher(x)
+    assert not torch.allclose(teacher(x.flip(-1)), teacher.flip_maps(single, [-1]), atol=1e-3)
+    # the loss is least at the teacher's own maps
+    assert distill_loss(maps, maps) < distill_loss(single, maps)
+    task = SegmentTask(SegmentTrainConfig(data=data, textures=(textures,), holdout="b.png", patch=64,
+                                          widths="8,8,8,8", distill=True, init=init, precision="fp32"))
+    xb, yb = task.batch(np.random.default_rng(0), 2)
+    assert yb.shape == (2, 5 + 19, 64, 64)  # the labels' targets, then the teacher's maps
+    assert torch.allclose(yb[:, 5:], distill_targets(teacher, cpu, "fp32", xb), atol=1e-4)
+    pred = task.model(xb)
+    plain = dwt_loss(pred, yb[:, :5])
+    assert torch.isclose(task.loss(pred, yb), plain + distill_loss(pred, yb[:, 5:]))  # both terms, weight 1
+    assert distill_loss(pred, yb[:, 5:]) > 0.1

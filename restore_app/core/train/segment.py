@@ -14,6 +14,10 @@ never saw, which scores on the training tiles do not predict: see ``models/resto
 ``--init`` fine-tunes a trained model on new data. ``copy_paste_prob`` pastes real nuclei cut from the
 training tiles into their patches (:func:`copy_paste`; off by default: on ``nuclei_he`` it did not help,
 see ``models/restore-dwt/CARD.md``); ``cut_level`` fixes the energy cut level instead of validation's choice.
+``distill`` (with ``--init``) adds self-ensemble distillation: the ``--init`` network, frozen, averages its
+maps over the 8 symmetries of the square (what ``--ensemble full`` does at inference, 8 passes) and the
+network learns those maps beside the labels (:func:`distill_targets`, :func:`distill_loss`), so that its
+one or two passes come nearer the ensemble's eight.
 ``int8`` trains the network's int8 form (:class:`~restore_app.core.archs.dwt_net.DWTNetInt8`, batch
 norms folded, quantisation-aware training) from ``--init`` fp32 weights (for a leave-one-out run, the
 fp32 fold's); it exports as ``restore-dwt-int8``.
@@ -36,6 +40,7 @@ import torch.nn.functional as F
 
 from restore_app.core.archs.dwt_net import ENERGY_LEVELS, DWTNet, DWTNetInt8
 from restore_app.core.checks import check_range
+from restore_app.core.engine import select_device
 from restore_app.core.errors import InputError
 from restore_app.core.evaluate import image_named, labelled_images
 from restore_app.core.io import read_image, to_float, to_rgb
@@ -44,7 +49,7 @@ from restore_app.core.paths import datasets_root
 from restore_app.core.registry import ENSEMBLE_TRANSFORMS
 from restore_app.core.segment import dwt_targets, instances_from_maps
 from restore_app.core.train.data import dihedral, image_files, load_images
-from restore_app.core.train.loop import TrainConfig, best_validation, export_model, int8_precision
+from restore_app.core.train.loop import TrainConfig, best_validation, export_model, int8_precision, train_precision
 
 # near-boundary levels matter most for separating touching objects
 VAL_SCENE = 192  # side of the synthetic validation scenes
@@ -75,6 +80,8 @@ class SegmentTrainConfig(TrainConfig):
     widths: str = "24,48,96,128"
     bin_scale: float = 1.0
     cut_level: int = 0  # the energy cut level: 0 chooses it on validation among 2, 3 and 4; else fixed
+    distill: bool = False  # also learn the --init weights' 8-symmetry self-ensemble (distill_targets)
+    distill_weight: float = 1.0  # the distillation loss's weight beside the labels' loss
     int8: bool = False  # quantisation-aware training of the int8 network (start it with --init fp32 weights)
 
     @classmethod
@@ -89,6 +96,9 @@ class SegmentTrainConfig(TrainConfig):
         check_range(self.scale_max, self.scale_min, 10.0, "scale_max")
         check_range(self.vesicular_prob, 0.0, 1.0, "vesicular_prob")
         check_range(self.copy_paste_prob, 0.0, 1.0, "copy_paste_prob")
+        check_range(self.distill_weight, 0.0, 100.0, "distill_weight")
+        if self.distill and self.init is None:
+            raise InputError("--distill learns the self-ensemble of the --init weights: give --init")
         if self.cut_level not in (0, 2, 3, 4):
             raise InputError(f"cut_level {self.cut_level}: 0 (chosen on validation), 2, 3 or 4")
         if self.holdout and Path(self.holdout).stem in {Path(v).stem for v in self.val_tile_names}:
@@ -339,6 +349,24 @@ class SegmentTask:
         self.val_scenes = [synthetic_scene(VAL_SCENE, self.textures, rng, cfg.vesicular_prob)
                            for _ in range(8)] if self.textures else []
         self.model = self._network()
+        self.teacher = self._teacher() if cfg.distill else None
+
+    def _teacher(self) -> tuple[DWTNet, torch.device, str]:
+        """The frozen ``--init`` network (fp32 weights; for an int8 run, the float weights it starts
+        from), on the training device, whose self-ensemble :meth:`batch` adds to the targets."""
+        from safetensors.torch import load_file
+
+        device = select_device(self.cfg.device)
+        net = DWTNet(widths=tuple(self.cfg.arch_widths))
+        try:
+            net.load_state_dict(load_file(str(self.cfg.init)))
+        except (RuntimeError, OSError) as exc:
+            raise InputError(f"--distill needs float DWT weights of widths {self.cfg.widths} in --init "
+                             f"{self.cfg.init}: {exc}") from exc
+        net = net.to(device).eval().requires_grad_(False)
+        if device.type == "cpu":
+            net = net.to(memory_format=torch.channels_last)
+        return net, device, train_precision(self.cfg.precision, device)
 
     def _network(self) -> DWTNet | DWTNetInt8:
         widths = tuple(self.cfg.arch_widths)
@@ -383,19 +411,18 @@ class SegmentTask:
             xs.append(img.transpose(2, 0, 1))
             ys.append(np.concatenate([t["fg"][None], t["direction"], t["energy"][None].astype(np.float32),
                                       t["weight"][None]], axis=0))
-        return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+        x, y = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+        if self.teacher is not None:
+            y = torch.cat([y, distill_targets(*self.teacher, x)], dim=1)
+        return x, y
 
-    @staticmethod
-    def loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        pred = pred.float()
-        fg, direction, energy, weight = target[:, 0], target[:, 1:3], target[:, 3].long(), target[:, 4]
-        fg_loss = F.binary_cross_entropy_with_logits(pred[:, 0], fg)
-        w = weight * fg
-        dir_loss = ((pred[:, 1:3] - direction) ** 2).sum(dim=1).mul(w).sum() / w.sum().clamp_min(1e-6)
-        level_w = torch.as_tensor(LEVEL_WEIGHTS, device=pred.device)[energy] * weight
-        ce = F.cross_entropy(pred[:, 3:], energy, reduction="none")
-        energy_loss = (ce * level_w).sum() / level_w.sum()
-        return fg_loss + dir_loss + energy_loss
+    def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The labels' loss (``target``'s first 5 channels), plus ``distill_weight`` times
+        :func:`distill_loss` where :meth:`batch` added the teacher's maps."""
+        loss = dwt_loss(pred, target[:, :5])
+        if target.shape[1] > 5:
+            loss = loss + self.cfg.distill_weight * distill_loss(pred, target[:, 5:])
+        return loss
 
     def _predict_maps(self, model: torch.nn.Module, img: np.ndarray, device: torch.device) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].to(device)
@@ -428,6 +455,51 @@ class SegmentTask:
                                cut_level=self.cfg.cut_level)
         cut = self.cfg.cut_level or int(best_validation(run)["val"]["cut_level"])
         return export_model(run / "best.safetensors", dest, {**manifest_fields(self.cfg, cut), "id": dest.name})
+
+
+def dwt_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Bai and Urtasun's losses on ``(B, 19, H, W)`` maps against ``(B, 5, H, W)`` targets (foreground,
+    direction (2), energy level, 1/√area weight): see the module's docstring."""
+    pred = pred.float()
+    fg, direction, energy, weight = target[:, 0], target[:, 1:3], target[:, 3].long(), target[:, 4]
+    fg_loss = F.binary_cross_entropy_with_logits(pred[:, 0], fg)
+    w = weight * fg
+    dir_loss = ((pred[:, 1:3] - direction) ** 2).sum(dim=1).mul(w).sum() / w.sum().clamp_min(1e-6)
+    level_w = torch.as_tensor(LEVEL_WEIGHTS, device=pred.device)[energy] * weight
+    ce = F.cross_entropy(pred[:, 3:], energy, reduction="none")
+    energy_loss = (ce * level_w).sum() / level_w.sum()
+    return fg_loss + dir_loss + energy_loss
+
+
+def distill_targets(teacher: DWTNet, device: torch.device, precision: str, x: torch.Tensor) -> torch.Tensor:
+    """``teacher``'s maps of the batch ``x`` averaged over the 8 symmetries of the square (its full
+    self-ensemble, each result mapped back), on the CPU in fp32: the targets :func:`distill_loss`
+    takes, so that one network learns what the slower ensemble knows."""
+    from restore_app.core.pipeline import ensemble_transforms, with_ensemble
+
+    run = with_ensemble(teacher, ensemble_transforms(ENSEMBLE_TRANSFORMS), maps=teacher)
+    x = x.to(device)
+    if device.type == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast(device_type=device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16,
+                              enabled=precision in ("bf16", "fp16"))
+    with torch.inference_mode(), autocast:
+        maps = run(x)
+    return maps.float().cpu().contiguous()
+
+
+def distill_loss(pred: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """How far ``pred`` is from the teacher's averaged ``(B, 19, H, W)`` maps: binary cross-entropy to
+    its foreground probability, squared error to its mean direction (normalised) weighted by that
+    probability, and the KL divergence from its energy-level distribution (every pixel alike)."""
+    pred = pred.float()
+    p_fg = torch.sigmoid(teacher[:, 0])
+    fg_loss = F.binary_cross_entropy_with_logits(pred[:, 0], p_fg)
+    direction = F.normalize(teacher[:, 1:3], dim=1, eps=1e-6)
+    dir_loss = ((pred[:, 1:3] - direction) ** 2).sum(dim=1).mul(p_fg).sum() / p_fg.sum().clamp_min(1e-6)
+    energy_loss = F.kl_div(F.log_softmax(pred[:, 3:], dim=1), F.log_softmax(teacher[:, 3:], dim=1),
+                           reduction="none", log_target=True).sum(dim=1).mean()
+    return fg_loss + dir_loss + energy_loss
 
 
 def export_fold(run: Path, model_dir: Path, tile: str, val_tiles: str = "", cut_level: int = 0) -> Path:
