@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from restore_app.core.archs.dwt_net import ENERGY_LEVELS, DWTNet, DWTNetInt8
 from restore_app.core.checks import check_range
-from restore_app.core.engine import select_device
+from restore_app.core.engine import autocast, select_device
 from restore_app.core.errors import InputError
 from restore_app.core.evaluate import image_named, labelled_images
 from restore_app.core.io import read_image, to_float, to_rgb
@@ -481,9 +481,7 @@ def distill_targets(teacher: DWTNet, device: torch.device, precision: str, x: to
     x = x.to(device)
     if device.type == "cpu":
         x = x.contiguous(memory_format=torch.channels_last)
-    autocast = torch.autocast(device_type=device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16,
-                              enabled=precision in ("bf16", "fp16"))
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast(device, precision):
         maps = run(x)
     return maps.float().cpu().contiguous()
 
