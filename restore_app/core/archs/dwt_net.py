@@ -66,20 +66,25 @@ class DWTNet(nn.Module):
     def transpose_maps(maps: torch.Tensor) -> torch.Tensor:
         """Maps predicted on a transposed image, transposed back: the direction's two components
         trade places too (the self-ensemble's inverse transform)."""
-        maps = maps.transpose(-2, -1)
-        return torch.cat([maps[:, :1], maps[:, 2:3], maps[:, 1:2], maps[:, 3:]], dim=1)
+        # a copy in the maps' own layout with x and y swapped, then the transposition as a view (a
+        # channels-last cat of the transposed slices took five times as long)
+        maps = maps.clone(memory_format=torch.preserve_format)
+        x = maps[:, 1].clone()
+        maps[:, 1].copy_(maps[:, 2])
+        maps[:, 2].copy_(x)
+        return maps.transpose(-2, -1)
 
     @staticmethod
     def flip_maps(maps: torch.Tensor, dims: list[int]) -> torch.Tensor:
         """Maps predicted on a mirrored image, mirrored back: a left-right mirror (dim -1) negates
         the direction's x component, an up-down one (dim -2) its y component."""
-        maps = maps.flip(dims)
-        sign = torch.ones(maps.shape[1], dtype=maps.dtype, device=maps.device)
+        maps = maps.flip(dims)  # a copy, so the direction's components can be negated in place (a
+        # broadcast sign over all 19 channels of a channels-last map took five times as long)
         if -1 in dims:
-            sign[1] = -1
+            maps[:, 1].neg_()
         if -2 in dims:
-            sign[2] = -1
-        return maps * sign[:, None, None]
+            maps[:, 2].neg_()
+        return maps
 
     def postprocess(self, maps: torch.Tensor) -> torch.Tensor:
         """``(B, 19, H, W)`` maps → ``(B, 1, H, W)`` int64 instance labels (0 = background)."""
