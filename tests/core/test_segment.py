@@ -13,6 +13,7 @@ from restore_app.core.archs.dwt_net import DWTNet, DWTNetInt8
 from restore_app.core.errors import InputError
 from restore_app.core.io import read_image
 from restore_app.core.metrics import instance_scores
+from restore_app.core.registry import ENSEMBLE_TRANSFORMS, default_registry
 from restore_app.core.segment import dwt_targets, instance_table, instances_from_maps, overlay, write_segmentation
 
 
@@ -322,6 +323,31 @@ def test_transposed_maps_come_back_with_their_directions_swapped():
     assert not torch.allclose(transposed.transpose(-2, -1), straight, atol=1e-2)  # the swap matters
 
 
+@pytest.mark.parametrize("name", ENSEMBLE_TRANSFORMS)
+def test_every_symmetry_of_the_maps_comes_back_through_the_ensemble(name):
+    """Each pass of the self-ensemble, composed of a mirror and a transposition (the rotations by 90°
+    among them), maps the DWT's maps back exactly: the targets of the transformed label map come back
+    as the label map's own targets, directions included."""
+    from restore_app.core.pipeline import ensemble_transforms, with_ensemble
+
+    labels = np.zeros((40, 56), np.int64)
+    yy, xx = np.mgrid[:40, :56]
+    labels[((yy - 18) / 12) ** 2 + ((xx - 20) / 7) ** 2 < 1] = 1
+    labels[((yy - 22) / 6) ** 2 + ((xx - 41) / 11) ** 2 < 1] = 2
+
+    def as_maps(lab: torch.Tensor) -> torch.Tensor:  # the "network": targets of the label map it is given
+        t = dwt_targets(np.ascontiguousarray(lab[0, 0].round().long().numpy()))
+        maps = np.concatenate([t["fg"][None], t["direction"], t["energy"][None]]).astype(np.float32)
+        return torch.from_numpy(maps)[None].contiguous(memory_format=torch.channels_last)
+
+    x = torch.from_numpy(labels).float()[None, None]
+    straight = as_maps(x)
+    back = with_ensemble(as_maps, ensemble_transforms([name]), maps=DWTNet)(x)
+    assert torch.allclose(back, straight, atol=1e-5)
+    plain = with_ensemble(as_maps, ensemble_transforms([name]))(x)  # images' mapping: directions go wrong
+    assert not torch.allclose(plain, straight, atol=1e-2)
+
+
 @pytest.mark.parametrize("dims", [[-1], [-2], [-2, -1]])
 def test_flipped_maps_come_back_with_their_directions_negated(dims):
     """The full self-ensemble's mirrored passes: targets of a mirrored label map, mapped back by
@@ -443,7 +469,10 @@ def test_int8_dwt_trains_from_a_float_fold_and_exports_a_loadable_fold(tmp_path,
     assert any(k.startswith("qat.") for k in start) and task.init_state(start) is start
     fields = manifest_fields(cfg)
     assert fields["id"] == "restore-dwt-int8" and fields["architecture"] == "dwt_net_int8"
-    assert fields["precisions"] == ["int8"]
+    assert fields["precisions"] == ["int8"] and fields["int8_of"] == "restore-dwt"
+    shipped = default_registry().get("restore-dwt-int8")  # the export writes the shipped manifest's choices
+    assert (fields["description"], tuple(fields["ensemble"]), fields["int8_of"]) == \
+        (shipped.description, shipped.ensemble, shipped.int8_of)
     model = tmp_path / "models" / "restore-dwt-int8"
     assert main(["train", "segment", *args, "--iterations", "2", "--val-every", "2", "--out", str(tmp_path / "run"),
                  "--export", str(model), "--threads", "1"]) == 0

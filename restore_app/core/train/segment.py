@@ -122,9 +122,11 @@ def manifest_fields(cfg: SegmentTrainConfig, cut_level: int = 2) -> dict:
         return fields
     return {**fields, "id": "restore-dwt-int8", "name": "Deep Watershed Transform (nuclei, int8)",
             "description": fields["description"] + " 8-bit weights and activations, trained for them: two to "
-                                                   "three times faster than the fp32 model on CPUs with VNNI or "
-                                                   "AMX int8 instructions.",
-            "architecture": "dwt_net_int8", "precisions": ["int8"]}
+                                                   "three times faster than the fp32 model a pass on CPUs with "
+                                                   "VNNI or AMX int8 instructions, where it is the default.",
+            "architecture": "dwt_net_int8", "precisions": ["int8"], "int8_of": fields["id"],
+            # chosen on validation (CARD.md, twentieth session): the four rotations, which int8's speed allows
+            "ensemble": ["rot90", "rot180", "rot270"]}
 
 
 def _float_manifest_fields(cfg: SegmentTrainConfig, cut_level: int) -> dict:
